@@ -1,0 +1,105 @@
+"""Reading and writing weight files (.pth/.pt and .safetensors) with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .fileio import atomic_write
+
+__all__ = ["read_state_dict", "load_weights", "save_weights", "CheckpointError"]
+
+_MAX_LISTED = 5
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that does not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a weight file: .safetensors, or .pth/.pt through ``torch.load(weights_only=True)``.
+
+    Returns the raw top-level mapping (it may be a wrapper holding a state_dict).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(p), device="cpu"))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{p}: not a readable safetensors file ({_first_line(e)})") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types on bad bytes (IndexError, EOFError, ...)
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p}: holds a {type(obj).__name__}, not a state_dict")
+    return dict(obj)
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    filter_fn: Callable[[dict[str, Any], nn.Module], dict[str, Any]] | None = None,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Loads a weight file into ``model`` after checking every key and shape.
+
+    Raises :class:`CheckpointError` naming the file and the missing, unexpected and
+    mis-shaped keys. With ``strict=False`` missing and unexpected keys are tolerated
+    (shapes must still match). Returns the raw file content.
+    """
+    raw = read_state_dict(path)
+    state = filter_fn(raw, model) if filter_fn is not None else raw
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
+    ]
+    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    problems = []
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys ({_listed(missing)})")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches, checkpoint vs model ({_listed(mismatched)})")
+    if not_tensors:
+        problems.append(f"{len(not_tensors)} entries that are not tensors ({_listed(not_tensors)})")
+    if problems:
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
+    return raw
+
+
+def save_weights(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Writes plain weights atomically: .safetensors, or a .pth state_dict otherwise."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else dict(model_or_state)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save
+
+        data = save(state)
+        return atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

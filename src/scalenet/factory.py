@@ -1,0 +1,79 @@
+"""``create_model`` and ``list_models``: one entry point for names, structure files and objects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from .checkpoint import load_weights
+from .models.scalenet import _create_scalenet, checkpoint_filter_fn
+from .structure import Structure, published_names
+
+__all__ = ["create_model", "list_models", "resolve_structure"]
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model` (and by ``timm.create_model`` after ``import scalenet``)."""
+    return list(published_names())
+
+
+def resolve_structure(
+    name_or_structure: str | os.PathLike | Structure, layers: Sequence[int] | None = None
+) -> Structure:
+    """A published name, a path to a structure JSON, or a :class:`Structure`, as a Structure."""
+    if isinstance(name_or_structure, Structure):
+        return name_or_structure
+    if isinstance(name_or_structure, str) and name_or_structure in published_names():
+        return Structure.published(name_or_structure)
+    if not isinstance(name_or_structure, (str, os.PathLike)):
+        raise ValueError(f"expected a model name, a structure path or a Structure, got {type(name_or_structure).__name__}")
+    path = Path(name_or_structure)
+    if path.suffix != ".json" and not path.exists():
+        raise ValueError(
+            f"unknown model {str(name_or_structure)!r}; choose one of {', '.join(published_names())} "
+            "or give a path to a structure JSON"
+        )
+    return Structure.load(path, layers=layers)
+
+
+def create_model(
+    name_or_structure: str | os.PathLike | Structure,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    checkpoint: str | os.PathLike | None = None,
+    layers: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Builds a ScaleNet.
+
+    Args:
+        name_or_structure: a name from :func:`list_models`, a path to a structure JSON (the
+            release's bare-list format or our object format) or a :class:`Structure`.
+        num_classes: classifier outputs (0 for no classifier).
+        in_chans: input channels.
+        checkpoint: optional weights (.pth/.pt read with ``weights_only=True``, or
+            .safetensors), loaded strictly; the release's files load unchanged.
+        layers: stage depths for a bare-list structure whose row count fits no known depth.
+        **kwargs: passed to :class:`~scalenet.models.ScaleNet` (``drop_rate``,
+            ``global_pool``) or timm's builder (``features_only``, ``out_indices``).
+    """
+    structure = resolve_structure(name_or_structure, layers)
+    variant = structure.name if structure.name in published_names() else "scalenet"
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", None)
+    model = _create_scalenet(variant, structure=structure, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if checkpoint is not None:
+        load_weights(model, checkpoint, filter_fn=checkpoint_filter_fn)
+    if features_only:
+        # wrap after loading, so that a full checkpoint (classifier included) loads strictly
+        from timm.models import FeatureListNet
+
+        cfg = model.pretrained_cfg
+        indices = tuple(range(len(structure.layers) + 1)) if out_indices is None else out_indices
+        model = FeatureListNet(model, out_indices=indices)
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model

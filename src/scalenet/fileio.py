@@ -1,0 +1,42 @@
+"""Atomic file writes: a reader (or a killed run) never sees a half-written file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+__all__ = ["atomic_write", "atomic_write_text"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Calls ``write(fileobj)`` on a temp file beside ``path``, then renames it into place.
+
+    The rename is atomic on POSIX file systems, so ``path`` holds either its old content or
+    the complete new content. On any error the temp file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"output directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"output directory is not writable: {directory}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,0 +1,291 @@
+"""ScaleNet: ResNet-v1 bottleneck networks whose 3x3 convs are scale aggregation blocks.
+
+Li, Kuang, Chen, Zhang, "Data-Driven Neuron Allocation for Scale Aggregation Networks",
+CVPR 2019 (arXiv:1904.09460).
+
+The family follows timm's layout: one block class (:class:`SABottleneck`), one network
+skeleton (:class:`ScaleNet`) and small registered builders. Parameter names follow the
+original release (``layerN.M.conv2.I`` / ``bn2.I`` per branch position ``I``), so its
+weight files load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import create_classifier
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..structure import BlockSpec, Structure, published_names, stem_reduction
+
+__all__ = ["SABottleneck", "ScaleNet", "upsample_to", "checkpoint_filter_fn"]
+
+
+def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Upsamples a pooled branch back to ``size``, as the release does.
+
+    Nearest when the full size is an integer multiple of the pooled size (the replication
+    is then exact), otherwise bilinear with ``align_corners=False`` (what the release's
+    deprecated ``F.upsample(mode='bilinear')`` meant). Example: 14x14 pooled by 4 is 3x3,
+    so bilinear.
+    """
+    h, w = int(size[0]), int(size[1])
+    ph, pw = x.shape[-2:]
+    if h % ph == 0 and w % pw == 0:
+        return F.interpolate(x, size=(h, w), mode="nearest")
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+class SABottleneck(nn.Module):
+    """ResNet bottleneck with a scale aggregation (SA) block in place of the 3x3 conv.
+
+    Paper Fig. 3: 1x1 conv -> BN -> ReLU -> SA block -> ReLU -> 1x1 conv -> BN, plus shortcut.
+    The SA block has one branch per scale ``s`` with ``C_s > 0`` channels:
+    max-pool by ``s`` -> conv -> upsample to the pre-pool size -> BN (its own BN, after
+    the upsampling). The branches are concatenated in scale order. Stride-2 blocks
+    max-pool their input 2x2 first, and both paths start from the pooled input.
+    """
+
+    expansion = 4
+
+    def __init__(self, spec: BlockSpec, scales: Sequence[int]):
+        super().__init__()
+        planes, out_channels = spec.planes, spec.out_channels
+        self.scales = tuple(scales)
+        self.pool = nn.MaxPool2d(2, 2) if spec.stride == 2 else None
+        self.conv1 = nn.Conv2d(spec.in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.ReLU(inplace=True)
+        # Keyed by branch position, so a zero-width branch leaves a gap ("0", "2", "3"), as in
+        # the release's state_dicts, and has no conv and no BN.
+        self.conv2 = nn.ModuleDict()
+        self.bn2 = nn.ModuleDict()
+        for i, (c, k) in enumerate(zip(spec.channels, spec.kernel_sizes)):
+            if c > 0:
+                self.conv2[str(i)] = nn.Conv2d(planes, c, k, padding=k // 2, bias=False)
+                self.bn2[str(i)] = nn.BatchNorm2d(c)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(spec.width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(spec.in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+            if spec.has_projection
+            else None
+        )
+        self.act3 = nn.ReLU(inplace=True)
+
+    def scale_aggregation(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        branches = []
+        for key, conv in self.conv2.items():
+            scale = self.scales[int(key)]
+            if scale == 1:
+                y = conv(x)
+            else:
+                y = upsample_to(conv(F.max_pool2d(x, scale, scale)), size)
+            branches.append(self.bn2[key](y))
+        return torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = self.pool(x)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.scale_aggregation(out))
+        out = self.bn3(self.conv3(out))
+        return self.act3(out + shortcut)
+
+
+class ScaleNet(nn.Module):
+    """A ScaleNet built from a :class:`~scalenet.structure.Structure`.
+
+    The ``imagenet`` stem is the ResNet one (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2
+    max-pool); the ``small`` stem, for images of 64 px or less, is a 3x3 stride-1 conv with
+    no max-pool. Every stage after the first halves the resolution in its first block.
+    """
+
+    def __init__(
+        self,
+        structure: Structure,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.structure = structure
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        width = structure.width
+        if structure.stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if structure.stem == "imagenet" else nn.Identity()
+
+        reduction = stem_reduction(structure.stem)
+        self.feature_info = [dict(num_chs=width, reduction=reduction, module="act1")]
+        if structure.stem == "imagenet":
+            reduction *= 2
+        stages: list[list[SABottleneck]] = [[] for _ in structure.layers]
+        for spec in structure.blocks():
+            stages[spec.stage].append(SABottleneck(spec, structure.scales))
+        for i, blocks in enumerate(stages):
+            if i > 0:
+                reduction *= 2
+            name = f"layer{i + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=blocks[-1].bn3.num_features, reduction=reduction, module=name))
+        self.stage_names = [f"layer{i + 1}" for i in range(len(stages))]
+
+        self.num_features = self.head_hidden_size = structure.num_features
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The release's init: conv ~ N(0, sqrt(2 / (k*k*out))), BN weight 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ timm surface
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
+    """Maps foreign checkpoints to our parameter names.
+
+    The release's files already use our names. Training wrappers are undone: a nested
+    ``state_dict``/``model`` entry is unwrapped and a ``module.`` (DataParallel/DDP) or
+    ``_orig_mod.`` (torch.compile) prefix is removed.
+    """
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def pretrained_cfg_for(structure: Structure, in_chans: int = 3, **overrides: Any) -> dict[str, Any]:
+    """timm pretrained_cfg for a structure: input size, normalisation, head names, figures."""
+    n = structure.image_size
+    final = structure.stage_sides(n)[-1]
+    cfg: dict[str, Any] = dict(
+        url="",
+        num_classes=1000,
+        input_size=(in_chans, n, n),
+        pool_size=(final, final),
+        crop_pct=0.875,
+        interpolation="bilinear",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="conv1",
+        classifier="fc",
+        paper_name="Data-Driven Neuron Allocation for Scale Aggregation Networks",
+        paper_ids="arXiv:1904.09460",
+    )
+    published = structure.meta.get("published")
+    if published:
+        cfg.update(
+            origin_url="https://github.com/Eli-YiLi/ScaleNet",
+            description=f"{structure.meta.get('title', structure.name)}, allocation as published (CVPR 2019).",
+            notes=(
+                f"published ImageNet top-1/top-5 error {published['top1_err']:.2f}/{published['top5_err']:.2f} "
+                f"({published['recipe']}); figures of the original release, not measured by this library",
+            ),
+        )
+    cfg.update(overrides)
+    return cfg
+
+
+def _create_scalenet(variant: str, pretrained: bool = False, structure: Structure | None = None, **kwargs: Any):
+    structure = structure if structure is not None else Structure.published(variant)
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    if pretrained_cfg is None and variant not in published_names():
+        pretrained_cfg = pretrained_cfg_for(structure, kwargs.get("in_chans", 3))
+    return build_model_with_cfg(
+        ScaleNet,
+        variant,
+        pretrained,
+        pretrained_cfg=pretrained_cfg,
+        structure=structure,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=tuple(range(len(structure.layers) + 1))),
+        **kwargs,
+    )
+
+
+# default_cfgs must exist before the builders: register_model reads it when the decorator runs.
+default_cfgs = generate_default_cfgs({
+    f"{name}.in1k": pretrained_cfg_for(Structure.published(name)) for name in published_names()
+})
+
+
+@register_model
+def scalenet50_light(pretrained: bool = False, **kwargs: Any) -> ScaleNet:
+    """ScaleNet-50-light: 2.86 GMACs, the ResNet-50 width in every block."""
+    return _create_scalenet("scalenet50_light", pretrained, **kwargs)
+
+
+@register_model
+def scalenet50(pretrained: bool = False, **kwargs: Any) -> ScaleNet:
+    """ScaleNet-50: 3.82 GMACs, about 1.36x the ResNet-50 width per block."""
+    return _create_scalenet("scalenet50", pretrained, **kwargs)
+
+
+@register_model
+def scalenet101(pretrained: bool = False, **kwargs: Any) -> ScaleNet:
+    """ScaleNet-101: 7.51 GMACs."""
+    return _create_scalenet("scalenet101", pretrained, **kwargs)
+
+
+@register_model
+def scalenet152(pretrained: bool = False, **kwargs: Any) -> ScaleNet:
+    """ScaleNet-152: 11.21 GMACs."""
+    return _create_scalenet("scalenet152", pretrained, **kwargs)

@@ -1,0 +1,60 @@
+"""An independent, functional ScaleNet forward written from the paper and the release's
+weight layout. It reads a state_dict by the release's key names only, so a model that
+matches it on the same weights interprets the release's files the same way."""
+
+import torch
+import torch.nn.functional as F
+
+
+def _bn(sd, prefix, x, training):
+    return F.batch_norm(
+        x, sd[prefix + ".running_mean"], sd[prefix + ".running_var"], sd[prefix + ".weight"], sd[prefix + ".bias"],
+        training=training, momentum=0.1, eps=1e-5,
+    )
+
+
+def reference_forward(sd, rows, layers, x, scales=(1, 2, 4, 7), stem="imagenet", training=False):
+    """``sd`` is modified in place in training mode (running statistics), like a real BN."""
+    if stem == "imagenet":
+        x = F.conv2d(x, sd["conv1.weight"], stride=2, padding=3)
+        x = F.relu(_bn(sd, "bn1", x, training))
+        x = F.max_pool2d(x, 3, 2, 1)
+    else:
+        x = F.relu(_bn(sd, "bn1", F.conv2d(x, sd["conv1.weight"], padding=1), training))
+    k = 0
+    for stage, depth in enumerate(layers):
+        for b in range(depth):
+            p = f"layer{stage + 1}.{b}"
+            row = rows[k]
+            if stage > 0 and b == 0:
+                x = F.max_pool2d(x, 2, 2)
+            if b == 0:
+                shortcut = _bn(sd, p + ".downsample.1", F.conv2d(x, sd[p + ".downsample.0.weight"]), training)
+            else:
+                shortcut = x
+            out = F.relu(_bn(sd, p + ".bn1", F.conv2d(x, sd[p + ".conv1.weight"]), training))
+            h, w = out.shape[-2:]
+            branches = []
+            for i, s in enumerate(scales):
+                key = f"{p}.conv2.{i}.weight"
+                assert (key in sd) == (row[i] > 0), key
+                if row[i] == 0:
+                    continue
+                weight = sd[key]
+                ksize = 3 if row[-1] / 2**i > 1 else 1
+                assert weight.shape == (row[i], weight.shape[1], ksize, ksize), key
+                y = out if s == 1 else F.max_pool2d(out, kernel_size=s, stride=s)
+                y = F.conv2d(y, weight, padding=ksize // 2)
+                if s > 1:
+                    ph, pw = y.shape[-2:]
+                    if h % ph == 0 and w % pw == 0:
+                        y = F.interpolate(y, size=(h, w), mode="nearest")
+                    else:
+                        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+                branches.append(_bn(sd, f"{p}.bn2.{i}", y, training))
+            out = F.relu(torch.cat(branches, 1))
+            out = _bn(sd, p + ".bn3", F.conv2d(out, sd[p + ".conv3.weight"]), training)
+            x = F.relu(out + shortcut)
+            k += 1
+    x = x.mean((2, 3))
+    return F.linear(x, sd["fc.weight"], sd["fc.bias"])

@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scalenet import Structure
+from scalenet.cli import main
+
+from conftest import PUBLISHED
+
+
+def run(*args):
+    """The CLI as a user runs it: a separate process, through ``python -m scalenet``."""
+    return subprocess.run([sys.executable, "-m", "scalenet", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_info_json_reports_the_published_figures(name, capsys):
+    assert main(["info", name, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["macs"], out["params"]) == PUBLISHED[name]
+    assert isinstance(out["macs"], int) and isinstance(out["params"], int)
+    assert len(out["blocks"]) == len(Structure.published(name).rows)
+
+
+def test_info_table(capsys):
+    assert main(["info", "scalenet50_light"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4.2" in out and "2,861,475,840 MACs" in out and "23,631,912 params" in out
+    # layer1.2 is [30, 27, 7, 0] at side 56: shares 47/42/11/0 %, no x7 kernel
+    line = next(l for l in out.splitlines() if l.startswith("layer1.2 "))
+    assert line.split("|")[1].split() == ["30", "27", "7", "0"]
+    assert line.split("|")[2].split() == ["47", "42", "11", "0"]
+    assert line.split("|")[3].split() == ["3x3", "3x3", "3x3", "-"]
+
+
+def test_info_image_size_and_structure_file(tmp_path, tiny, capsys):
+    path = tiny.save(tmp_path / "tiny.json")
+    assert main(["info", str(path), "--image-size", "28", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["image_size"] == 28 and out["macs"] == tiny.macs(28)
+
+
+def test_info_bare_list_needs_layers(tmp_path, capsys):
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps([[8, 4, 0, 0, 56], [8, 0, 4, 0, 28]]))
+    assert main(["info", str(path)]) == 2
+    assert "pass the stage depths" in capsys.readouterr().err
+    assert main(["info", str(path), "--layers", "1,1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs"] == Structure.load(path, layers=[1, 1]).macs()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "structure file not found"),
+        ("{oops", "not valid JSON"),
+        ("[[1, 2, 3]]", "fits no known depth"),
+        ('{"rows": [[1, 2, 3]], "layers": [1]}', "row 0 has 3 numbers"),
+        ('{"rows": [[1, -2, 0, 0, 56]], "layers": [1]}', "negative channel count"),
+        ('{"rows": [[0, 0, 0, 0, 56]], "layers": [1]}', "no channels in any scale"),
+    ],
+)
+def test_bad_structures_get_one_line_and_exit_code_2(tmp_path, content, expected):
+    path = tmp_path / "s.json"
+    if content is not None:
+        path.write_text(content)
+    result = run("info", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scalenet: error: ") and expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_name_and_console_script():
+    result = run("info", "resnet50")
+    assert result.returncode == 2 and "unknown model 'resnet50'" in result.stderr
+    script = Path(sys.executable).with_name("scalenet")
+    assert script.exists(), "the console script is not installed beside the interpreter"
+    ok = subprocess.run([str(script), "info", "scalenet50", "--json"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["macs"] == PUBLISHED["scalenet50"][0]

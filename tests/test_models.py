@@ -1,0 +1,241 @@
+import copy
+
+import pytest
+import timm
+import torch
+
+import scalenet
+from scalenet import Structure
+from scalenet.checkpoint import CheckpointError, save_weights
+from scalenet.models import upsample_to
+
+from conftest import PUBLISHED
+from reference import reference_forward
+
+
+def release_layout(structure: Structure, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    """The release's state_dict names and shapes, written out from the rows alone."""
+    bn = lambda p, c: {f"{p}.{n}": ((c,) if n != "num_batches_tracked" else ()) for n in
+                       ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    w = structure.width
+    keys = {"conv1.weight": (w, 3, 7, 7), **bn("bn1", w)}
+    inplanes, k = w, 0
+    for stage, depth in enumerate(structure.layers):
+        planes = w * 2**stage
+        for b in range(depth):
+            p = f"layer{stage + 1}.{b}"
+            row = structure.rows[k]
+            keys[f"{p}.conv1.weight"] = (planes, inplanes, 1, 1)
+            keys.update(bn(f"{p}.bn1", planes))
+            for i, c in enumerate(row[:-1]):
+                if c:
+                    ks = 3 if row[-1] / 2**i > 1 else 1
+                    keys[f"{p}.conv2.{i}.weight"] = (c, planes, ks, ks)
+                    keys.update(bn(f"{p}.bn2.{i}", c))
+            keys[f"{p}.conv3.weight"] = (4 * planes, sum(row[:-1]), 1, 1)
+            keys.update(bn(f"{p}.bn3", 4 * planes))
+            if b == 0:
+                keys[f"{p}.downsample.0.weight"] = (4 * planes, inplanes, 1, 1)
+                keys.update(bn(f"{p}.downsample.1", 4 * planes))
+            inplanes = 4 * planes
+            k += 1
+    keys["fc.weight"] = (num_classes, inplanes)
+    keys["fc.bias"] = (num_classes,)
+    return keys
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_state_dict_has_the_release_layout(name):
+    model = scalenet.create_model(name)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == release_layout(Structure.published(name))
+
+
+def test_models_built_in_one_process_do_not_share_rows():
+    # The release kept the block index in a class-level counter; a second model read wrong rows.
+    first = {k: v.shape for k, v in scalenet.create_model("scalenet50").state_dict().items()}
+    scalenet.create_model("scalenet50_light")
+    scalenet.create_model("scalenet101")
+    again = {k: v.shape for k, v in scalenet.create_model("scalenet50").state_dict().items()}
+    assert first == again
+    light = {k: tuple(v.shape) for k, v in scalenet.create_model("scalenet50_light").state_dict().items()}
+    assert light == release_layout(Structure.published("scalenet50_light"))
+
+
+def test_every_parameter_gets_a_gradient():
+    model = scalenet.create_model("scalenet50_light", num_classes=10).train()
+    model(torch.randn(2, 3, 224, 224)).logsumexp(1).sum().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert dead == []
+
+
+def test_zero_width_branches_have_no_modules(tiny):
+    model = scalenet.create_model(tiny)
+    block = model.layer2[0]  # row [5, 0, 3, 0]
+    assert list(block.conv2.keys()) == ["0", "2"] and list(block.bn2.keys()) == ["0", "2"]
+
+
+def test_upsampling_is_nearest_for_integer_factors_and_bilinear_otherwise():
+    x = torch.randn(1, 2, 3, 3)
+    assert torch.equal(upsample_to(x, (14, 14)), torch.nn.functional.interpolate(x, size=(14, 14), mode="bilinear"))
+    x = torch.randn(1, 2, 2, 2)
+    assert torch.equal(upsample_to(x, (14, 14)), x.repeat_interleave(7, 2).repeat_interleave(7, 3))
+
+
+def _init_randomly(model):
+    """Non-trivial BN statistics and affine parameters, so that a wrong key mapping shows."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 2.0)
+            elif name.endswith(("running_mean", "bias")):
+                t.normal_(0, 0.1)
+            elif name.endswith("weight") and t.ndim == 1:
+                t.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_release_weights_reproduce_the_reference_network(tmp_path, suffix):
+    source = _init_randomly(scalenet.create_model("scalenet50"))
+    path = tmp_path / f"scalenet50{suffix}"
+    save_weights(source, path)
+    model = scalenet.create_model("scalenet50", checkpoint=path)
+    rows, layers = Structure.published("scalenet50").rows, (3, 4, 6, 3)
+    x = torch.randn(2, 3, 224, 224)
+    sd = {k: v.clone() for k, v in source.state_dict().items()}
+
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), reference_forward(sd, rows, layers, x), rtol=1e-4, atol=1e-4)
+        out = model.train()(x)
+        ref = reference_forward(sd, rows, layers, x, training=True)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4)
+    # running statistics move the same way as the reference's BNs
+    for k, v in model.state_dict().items():
+        if k.endswith(("running_mean", "running_var")):
+            assert torch.allclose(v, sd[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_small_stem_matches_the_reference(tiny):
+    model = _init_randomly(scalenet.create_model(tiny, num_classes=5, in_chans=3))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 3, 14, 14)
+    for training in (False, True):
+        with torch.no_grad():
+            out = model.train(training)(x)
+            ref = reference_forward(sd, tiny.rows, tiny.layers, x, stem="small", training=training)
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_wrapped_checkpoints_load(tmp_path, tiny):
+    model = _init_randomly(scalenet.create_model(tiny))
+    wrapped = {"epoch": 3, "state_dict": {"module." + k: v for k, v in model.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "ddp.pth")
+    loaded = scalenet.create_model(tiny, checkpoint=tmp_path / "ddp.pth")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_mismatched_checkpoint_names_the_file_and_the_keys(tmp_path):
+    path = tmp_path / "scalenet50.pth"
+    save_weights(scalenet.create_model("scalenet50"), path)
+    with pytest.raises(CheckpointError) as err:
+        scalenet.create_model("scalenet50_light", checkpoint=path)
+    msg = str(err.value)
+    assert str(path) in msg and "\n" not in msg
+    assert "layer1.0.conv2.0.weight (62, 64, 3, 3) vs (30, 64, 3, 3)" in msg
+    assert "missing keys (layer1.2.conv2.3.weight" not in msg  # 50 has x7 there, light does not
+    assert "unexpected keys (layer1.2.conv2.3.weight" in msg
+
+
+def test_missing_keys_are_reported(tmp_path, tiny):
+    state = scalenet.create_model(tiny).state_dict()
+    del state["fc.bias"]
+    torch.save(state, tmp_path / "cut.pth")
+    with pytest.raises(CheckpointError, match=r"1 missing keys \(fc.bias\)"):
+        scalenet.create_model(tiny, checkpoint=tmp_path / "cut.pth")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny, suffix):
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"{path}: not a readable"):
+        scalenet.create_model(tiny, checkpoint=path)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        scalenet.create_model(tiny, checkpoint=tmp_path / f"absent{suffix}")
+
+
+def test_pickled_code_is_refused(tmp_path, tiny):
+    path = tmp_path / "evil.pth"
+    torch.save({"fc.weight": torch.zeros(1), "obj": copy.copy}, path)  # a function: not weights
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        scalenet.create_model(tiny, checkpoint=path)
+
+
+# ---------------------------------------------------------------------------- timm
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_timm_create_model(name):
+    model = timm.create_model(name, num_classes=7)
+    assert model.fc.out_features == 7
+    cfg = model.pretrained_cfg
+    state = model.state_dict()
+    assert cfg["first_conv"] + ".weight" in state and cfg["classifier"] + ".weight" in state
+    assert cfg["input_size"] == (3, 224, 224) and cfg["mean"] == (0.485, 0.456, 0.406)
+    top1, top5 = Structure.published(name).meta["published"]["top1_err"], Structure.published(name).meta["published"]["top5_err"]
+    assert f"{top1:.2f}/{top5:.2f}" in cfg["notes"][0]
+
+
+def test_published_errors_are_the_release_figures():
+    figures = {n: (Structure.published(n).meta["published"]["top1_err"], Structure.published(n).meta["published"]["top5_err"])
+               for n in PUBLISHED}
+    assert figures == {"scalenet50_light": (22.80, 6.57), "scalenet50": (22.02, 6.05),
+                       "scalenet101": (20.82, 5.42), "scalenet152": (20.06, 5.18)}
+
+
+def test_timm_lists_the_models():
+    assert set(PUBLISHED) <= set(timm.list_models("scalenet*"))
+    assert scalenet.list_models() == list(PUBLISHED)
+
+
+def test_features_only():
+    model = timm.create_model("scalenet50", features_only=True)
+    assert model.feature_info.channels() == [64, 256, 512, 1024, 2048]
+    assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
+    feats = model.eval()(torch.randn(1, 3, 224, 224))
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 112, 112), (256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+
+
+def test_features_only_small_stem_through_create_model(tmp_path, tiny):
+    path = tmp_path / "w.safetensors"
+    save_weights(scalenet.create_model(tiny), path)
+    model = scalenet.create_model(tiny, features_only=True, checkpoint=path)  # full checkpoint, then wrapped
+    assert model.feature_info.reduction() == [1, 1, 2]
+    assert [f.shape[-1] for f in model(torch.randn(1, 3, 14, 14))] == [14, 14, 7]
+
+
+def test_forward_features_head_and_reset_classifier(tiny):
+    model = scalenet.create_model(tiny, num_classes=5).eval()
+    x = torch.randn(2, 3, 14, 14)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, tiny.num_features, 7, 7)
+    assert torch.equal(model.forward_head(feats), model(x))
+    assert model.forward_head(feats, pre_logits=True).shape == (2, tiny.num_features)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, tiny.num_features)
+    model.reset_classifier(0, "")
+    assert model(x).shape == (2, tiny.num_features, 7, 7)
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+
+
+def test_structure_path_and_object_build_the_same_model(tmp_path, tiny):
+    path = tiny.save(tmp_path / "tiny.json")
+    a = {k: v.shape for k, v in scalenet.create_model(path).state_dict().items()}
+    b = {k: v.shape for k, v in scalenet.create_model(tiny).state_dict().items()}
+    assert a == b
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'scalenet51'; choose one of scalenet50_light"):
+        scalenet.create_model("scalenet51")
