@@ -1,0 +1,218 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import scalenet
+from scalenet import Structure
+from scalenet.allocate import BlockScores, BNScale, allocate, minimum_macs, neuron_costs, seed_structure, select
+from scalenet.cli import main
+from scalenet.data import DataSpec, TensorData
+from scalenet.engine import TrainConfig, train
+
+from helpers import make_image_folder
+
+
+# ---------------------------------------------------------------------------- selection (no training)
+def random_scores(seed: Structure, generator_seed: int = 0) -> list[BlockScores]:
+    g = torch.Generator().manual_seed(generator_seed)
+    return [
+        BlockScores(spec.name, [torch.rand(c, generator=g).tolist() for c in spec.channels], neuron_costs(seed, spec))
+        for spec in seed.blocks()
+    ]
+
+
+@pytest.fixture
+def seed():
+    return seed_structure((2, 2, 2), stem="small", width=8, image_size=32)
+
+
+def test_seed_is_uniform_and_abundant(seed):
+    assert [r[:-1] for r in seed.rows] == [(8, 8, 8, 8)] * 2 + [(16, 16, 16, 16)] * 2 + [(32, 32, 32, 32)] * 2
+    assert seed.stage_sides() == [32, 16, 8]
+    smaller = seed_structure((1, 1, 1), stem="small", width=8, image_size=16, seed_width=5)
+    assert [r[:-1] for r in smaller.rows] == [(5, 5, 5, 5), (5, 5, 5, 5), (5, 5, 5, 0)]  # 4 // 7 == 0: no x7
+
+
+def test_costs_make_macs_linear_in_the_neurons(seed):
+    scores = random_scores(seed)
+    for mult in (0.25, 0.6, 1.0, 1.7):
+        structure, kept = select(scores, seed, width_mult=mult, num_classes=10)
+        assert [sum(r[:-1]) for r in structure.rows] == [max(1, round(mult * p)) for p in (8, 8, 16, 16, 32, 32)]
+        assert [sum(map(len, k)) for k in kept] == [sum(r[:-1]) for r in structure.rows]
+
+
+@pytest.mark.parametrize("scope", ["block", "global"])
+@pytest.mark.parametrize("fraction", [0.2, 0.45, 0.7, 0.95])
+def test_macs_target_is_met_within_one_percent(seed, scope, fraction):
+    scores = random_scores(seed, 1)
+    lowest, highest = minimum_macs(seed, 10, 1), seed.macs(None, 10, 1)
+    target = int(lowest + fraction * (highest - lowest))
+    structure, _ = select(scores, seed, macs=target, scope=scope, num_classes=10, in_chans=1)
+    assert abs(structure.macs(None, 10, 1) - target) <= 0.01 * target
+    assert all(sum(r[:-1]) >= 1 for r in structure.rows)
+
+
+def test_kept_neurons_are_the_top_scores_of_each_block(seed):
+    scores = random_scores(seed, 2)
+    _, kept = select(scores, seed, width_mult=0.5, num_classes=10)
+    for b, per_scale in zip(scores, kept):
+        kept_scores = sorted((b.scores[i][j] for i, js in enumerate(per_scale) for j in js), reverse=True)
+        all_scores = sorted((s for row in b.scores for s in row), reverse=True)
+        assert kept_scores == all_scores[: len(kept_scores)]
+
+
+def test_global_scope_moves_neurons_between_blocks(seed):
+    scores = random_scores(seed, 3)
+    # block 0: one strong neuron, the rest negligible -> global ranking keeps few of them
+    scores[0].scores = [[1.0] + [1e-3] * 7, [1e-3] * 8, [1e-3] * 8, [1e-3] * 8]
+    block, _ = select(scores, seed, width_mult=1.0, scope="block", num_classes=10)
+    glob, _ = select(scores, seed, width_mult=1.0, scope="global", num_classes=10)
+    assert sum(block.rows[0][:-1]) == 8
+    assert sum(glob.rows[0][:-1]) < 8
+    assert sum(sum(r[:-1]) for r in glob.rows) == sum(sum(r[:-1]) for r in block.rows)
+
+
+def test_impossible_budgets(seed):
+    scores = random_scores(seed)
+    lowest = minimum_macs(seed, 10, 1)
+    with pytest.raises(ValueError, match="impossible budget: --macs .* is below the minimum"):
+        select(scores, seed, macs=lowest - 1, num_classes=10, in_chans=1)
+    with pytest.raises(ValueError, match="above the seed network"):
+        select(scores, seed, macs=seed.macs(None, 10, 1) * 2, num_classes=10, in_chans=1)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        select(scores, seed, num_classes=10)
+
+
+def test_importance_is_swappable_and_alpha_prefers_cheap_neurons():
+    seed = seed_structure((1,), stem="small", width=4, image_size=16)
+    model = scalenet.create_model(seed, num_classes=2)  # every BN gamma is 1 at init: a tie everywhere
+    by_gamma = select(BNScale(0.0)(model, seed, 16), seed, width_mult=1.0)[0]
+    by_cost = select(BNScale(1.0)(model, seed, 16), seed, width_mult=1.0)[0]
+    assert by_gamma.rows[0][:-1] == (4, 0, 0, 0)  # ties go to the finer scale
+    assert by_cost.rows[0][:-1] == (0, 0, 0, 4)  # x7 neurons cost least
+
+    class PreferX2:
+        def __call__(self, model, structure, image_size):
+            return [BlockScores(s.name, [[float(i == 1)] * c for i, c in enumerate(s.channels)], neuron_costs(structure, s))
+                    for s in structure.blocks()]
+
+    assert select(PreferX2()(model, seed, 16), seed, width_mult=1.0)[0].rows[0][:-1] == (0, 4, 0, 0)
+
+
+def test_bad_scales():
+    with pytest.raises(ValueError, match="distinct positive integers"):
+        seed_structure((1,), scales=(1, 2, 2), stem="small", width=4, image_size=16)
+    with pytest.raises(ValueError, match="scales 32 do not fit any feature map"):
+        seed_structure((1,), scales=(1, 32), stem="small", width=4, image_size=16)
+
+
+# ---------------------------------------------------------------------------- responds to data
+def textures(kind: str, n: int, size: int = 16, seed: int = 0) -> TensorData:
+    """Two classes: horizontal vs vertical stripes. ``fine``: period 2, which pooling by 2 or
+    more erases. ``coarse``: bands 4 px wide (period 8) under strong pixel-level noise, which
+    pooling smooths. Random phase, so only the orientation tells the classes apart."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    period, noise = (2, 20) if kind == "fine" else (8, 70)
+    phase = torch.randint(0, period, (n, 1), generator=g)
+    bands = (((torch.arange(size).view(1, -1) + phase) % period) < period // 2).float()  # n, size
+    horizontal = bands.view(n, size, 1).expand(n, size, size)
+    stripes = torch.where(labels.view(n, 1, 1) == 0, horizontal, horizontal.transpose(1, 2))
+    x = 90 + 70 * stripes + torch.randn(n, size, size, generator=g) * noise
+    return TensorData(x.clamp(0, 255).to(torch.uint8).unsqueeze(1), labels)
+
+
+def x1_share(kind: str) -> float:
+    data = DataSpec(kind, 2, 1, 16, (0.5,), (0.25,), ["a", "b"], textures(kind, 512), textures(kind, 128, seed=1))
+    result = allocate(data, layers=(1, 1), width=8, width_mult=0.75, train_config=TrainConfig(
+        epochs=4, batch_size=32, lr=0.05, seed=0, progress=False, tensorboard=False))
+    rows = result.structure.rows
+    return sum(r[0] for r in rows) / sum(sum(r[:-1]) for r in rows)
+
+
+def test_allocation_responds_to_the_scale_of_the_label():
+    """The same seed recipe on two data sets that differ only in the scale of the label keeps
+    different scales. Measured direction: period-2 stripes keep *fewer* x1 neurons than
+    coarse bands. Max-pooling demodulates the fine texture into a flat, orientation-specific
+    response that survives global pooling, so the pooled branches' BN scales grow; the x1
+    branch's response alternates sign at period 2 and averages out."""
+    fine, coarse = x1_share("fine"), x1_share("coarse")
+    assert coarse > fine + 0.1, (fine, coarse)
+    assert x1_share("fine") == fine  # deterministic with a seed
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cli_writes_structure_sidecar_and_chart_that_load_and_train(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "data", classes=3, per_class=20, size=32)
+    out = tmp_path / "learned.json"
+    assert main(["allocate", "--data", str(folder), "--out", str(out), "--epochs", "2", "--batch-size", "16",
+                 "--layers", "1,1", "--width", "8", "--width-mult", "1.2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage" in printed and "MACs" in printed
+    structure = Structure.load(out)
+    assert structure.stem == "small" and structure.layers == (1, 1) and structure.image_size == 32
+    assert [sum(r[:-1]) for r in structure.rows] == [round(1.2 * 8), round(1.2 * 16)]
+    sidecar = json.loads((tmp_path / "learned.scores.json").read_text())
+    assert len(sidecar["blocks"]) == 2 and sidecar["settings"]["scope"] == "block"
+    assert len(sidecar["blocks"][0]["scores"][0]) == 8  # seed width = planes
+    assert (tmp_path / "learned.png").read_bytes()[:4] == b"\x89PNG"
+    # loads, counts and trains
+    model = scalenet.create_model(out, num_classes=3)
+    assert sum(p.numel() for p in model.parameters()) == structure.params(3)
+    assert main(["info", str(out), "--json", "--num-classes", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs"] == structure.macs(num_classes=3)
+    from scalenet.data import build_data
+
+    result = train(structure, build_data(folder), TrainConfig(epochs=1, batch_size=16, progress=False, tensorboard=False))
+    assert result.final["epoch"] == 1
+
+
+def test_cli_macs_target_and_global_scope(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "data", classes=2, per_class=12, size=16)
+    out = tmp_path / "s.json"
+    seed = seed_structure((1, 1), stem="small", width=8, image_size=16)
+    target = (minimum_macs(seed, 2, 3) + seed.macs(None, 2, 3)) // 2
+    assert main(["allocate", "--data", str(folder), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                 "--layers", "1,1", "--width", "8", "--macs", str(target), "--scope", "global", "--no-progress"]) == 0
+    got = Structure.load(out).macs(num_classes=2)
+    assert abs(got - target) <= 0.01 * target
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--macs", "1000"], "impossible budget"),
+        (["--macs", "10000000000"], "above the seed network"),
+        (["--scales", "1,2,2"], "distinct positive integers"),
+        (["--scales", "1,x"], "expected comma-separated integers"),
+        (["--scales", "1,64"], "do not fit any feature map"),
+    ],
+)
+def test_cli_bad_input_writes_nothing(tmp_path, extra, message):
+    folder = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=16)
+    out = tmp_path / "s.json"
+    result = subprocess.run([sys.executable, "-m", "scalenet", "allocate", "--data", str(folder), "--out", str(out),
+                             "--epochs", "1", "--layers", "1,1", *extra], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.glob("s*")) == []
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "data directory not found"),
+    ("empty", "has no class folders"),
+    ("single", "a single class"),
+])
+def test_cli_bad_data(tmp_path, capsys, setup, message):
+    data = tmp_path / "data"
+    if setup == "empty":
+        data.mkdir()
+    elif setup == "single":
+        make_image_folder(data, classes=1, per_class=3)
+    assert main(["allocate", "--data", str(data), "--out", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "s.json").exists()
