@@ -31,11 +31,9 @@ data:
 test: venv data
 	$(PY) -m pytest -q
 
+# The whole pipeline on Fashion-MNIST (about 15 minutes on 2 CPU cores): report in runs/demo/report.md
 demo: venv data
-	@for m in scalenet50_light scalenet50 scalenet101 scalenet152; do \
-		$(VENV)/bin/scalenet info $$m | tail -n 1 | sed "s/^total/$$m/"; \
-	done
-	$(VENV)/bin/scalenet info scalenet50
+	$(VENV)/bin/scalenet demo --profile quick --out runs/demo
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

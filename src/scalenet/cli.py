@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 __all__ = ["main"]
@@ -88,9 +90,144 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train / eval
+_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "wd", "warmup", "label_smoothing", "workers", "seed", "sparsity")
+
+
+def _train_config(args: argparse.Namespace, **defaults: Any):
+    from .engine import PRESETS, TrainConfig
+
+    values: dict[str, Any] = dict(defaults)
+    values.update(PRESETS[args.preset] if args.preset else {})
+    values.update({k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k, None) is not None})
+    for flag in ("amp", "channels_last", "compile", "no_bn_wd"):
+        if getattr(args, flag, False):
+            values[flag] = True
+    values["progress"] = not args.no_progress
+    if getattr(args, "no_augment", False):
+        values["augment"] = False
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import build_data
+    from .engine import train
+    from .factory import resolve_structure
+
+    structure = resolve_structure(args.model, layers=args.layers)
+    cfg = _train_config(args)
+    data = build_data(args.data, args.image_size, train_subset=args.train_subset, val_subset=args.val_subset, seed=cfg.seed)
+    result = train(structure, data, cfg, args.out, resume=args.resume)
+    if result.metrics and int(os.environ.get("RANK", "0")) == 0:
+        best = max(result.metrics, key=lambda r: r["val_top1"])
+        print(
+            f"{structure.name or 'model'}: val top-1 {100 * result.final['val_top1']:.2f}% after epoch "
+            f"{result.final['epoch']} (best {100 * best['val_top1']:.2f}% at epoch {best['epoch']}); run in {args.out}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import build_data
+    from .engine import evaluate, model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    image_size = args.image_size or ckpt.get("image_size")
+    data = build_data(args.data, image_size, val_subset=args.val_subset)
+    if data.num_classes != ckpt["num_classes"] or data.in_chans != ckpt["in_chans"]:
+        raise ValueError(
+            f"{args.checkpoint} was trained for {ckpt['num_classes']} classes and {ckpt['in_chans']} channels, "
+            f"but {args.data} has {data.num_classes} classes and {data.in_chans} channels"
+        )
+    model.structure.check_input(data.image_size)
+    result = evaluate(model, data.loader("val", args.batch_size, workers=args.workers))
+    out = {"top1": result["top1"], "top5": result["top5"], "top1_err": 1 - result["top1"],
+           "top5_err": 1 - result["top5"], "loss": result["loss"], "images": result["images"]}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"{args.checkpoint} on {data.name} ({out['images']} images): top-1 {100 * out['top1']:.2f}% "
+            f"(error {100 * out['top1_err']:.2f}%), top-5 {100 * out['top5']:.2f}% (error {100 * out['top5_err']:.2f}%)"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------- allocate
+def _check_output_file(path: Path) -> None:
+    directory = path.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"output directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"output directory is not writable: {directory}")
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory; give a file name such as {path / 'structure.json'}")
+
+
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from .allocate import allocate, format_stage_summary
+    from .data import build_data
+    from .engine import train
+    from .fileio import atomic_write_text
+    from .report import plot_allocation
+
+    out = Path(args.out)
+    _check_output_file(out)
+    if args.width_mult is not None and args.macs is not None:
+        raise ValueError("give --width-mult or --macs, not both")
+    cfg = _train_config(args, epochs=5)
+    data = build_data(args.data, args.image_size, train_subset=args.train_subset, val_subset=args.val_subset, seed=cfg.seed)
+    result = allocate(
+        data, layers=args.layers, width=args.width, scales=args.scales, seed_width=args.seed_width,
+        width_mult=args.width_mult, macs=args.macs, scope=args.scope, alpha=args.alpha, train_config=cfg,
+        name=out.stem,
+    )
+    structure = result.structure
+    sidecar = out.with_name(out.stem + ".scores.json")
+    chart = out.with_suffix(".png")
+    structure.save(out, bare=args.bare)
+    atomic_write_text(sidecar, json.dumps(result.sidecar()) + "\n")
+    plot_allocation(structure, chart, title=f"{out.stem}: learned neurons per scale ({data.name})")
+    macs = structure.macs(None, data.num_classes, data.in_chans)
+    print(format_stage_summary(structure))
+    print(
+        f"{out}: {macs:,} MACs, {structure.params(data.num_classes, data.in_chans):,} params "
+        f"(seed network {result.seed.macs(None, data.num_classes, data.in_chans):,} MACs); "
+        f"scores in {sidecar}, chart in {chart}"
+    )
+    if args.then_train:
+        run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")
+        cfg.epochs = args.then_train
+        trained = train(structure, data, cfg, run_dir)
+        print(f"{out.stem}: val top-1 {100 * trained.final['val_top1']:.2f}% after {cfg.epochs} epochs; run in {run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .demo import run_demo
+
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):
+        kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(kept)
+        print(f"note: moved the earlier demo run to {kept}", flush=True)
+    run_demo(out, profile=args.profile, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too (no usage dump), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scalenet",
         description="ScaleNet: scale aggregation networks with data-driven neuron allocation (CVPR 2019).",
     )
@@ -104,7 +241,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_int_list, default=None, help="stage depths for a bare-list file, e.g. 2,2,2")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a model from scratch (torchrun -m scalenet train ... for DDP)")
+    p.add_argument("--model", required=True, metavar="NAME|PATH", help="a published model name or a structure JSON")
+    p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: checkpoints, metrics.jsonl, TensorBoard logs")
+    _add_train_options(p)
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    p.add_argument("--layers", type=_int_list, default=None, help="stage depths for a bare-list structure file")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a training checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by scalenet train (last.pt/best.pt)")
+    p.add_argument("--data", required=True, metavar="DIR|fashion-mnist")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="default: the training image size")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--val-subset", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help='print {"top1": ..., "top5": ...} as fractions')
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("allocate", help="learn each block's neurons per scale from data (train a seed, rank |gamma|)")
+    p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
+    p.add_argument("--out", required=True, metavar="structure.json", help="the structure file to write")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--width-mult", type=float, default=None, help="neurons kept per block, times the ResNet width (default 1.0)")
+    budget.add_argument("--macs", type=_positive_int, default=None, help="MACs target for the whole network (met within 1%%)")
+    p.add_argument("--seed-width", type=_positive_int, default=None, help="seed neurons per scale (default: the block's planes)")
+    p.add_argument("--scales", type=_int_list, default=[1, 2, 4, 7], help="pooling factors (default 1,2,4,7)")
+    p.add_argument("--alpha", type=float, default=0.0, help="score |gamma| / cost^alpha (the paper: 0)")
+    p.add_argument("--scope", choices=["block", "global"], default="block", help="rank per block (the paper) or across blocks")
+    p.add_argument("--layers", type=_int_list, default=None, help="blocks per stage (default by image size)")
+    p.add_argument("--width", type=_positive_int, default=None, help="planes of stage 1 (default by image size)")
+    p.add_argument("--bare", action="store_true", help="write the release's bare-list format")
+    p.add_argument("--then-train", type=_positive_int, default=None, metavar="EPOCHS", help="then train the result from scratch")
+    p.add_argument("--run-dir", default=None, help="run directory for --then-train (default: OUT_run)")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_allocate)
+
+    p = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST: allocate, train, compare, report")
+    p.add_argument("--profile", choices=["quick", "full"], default="quick",
+                   help="quick: about 15 minutes on a 2-core CPU (default); full: long, meant for a GPU")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; an earlier run there is moved aside)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """Training options shared by train, allocate and demo (None: the config's default)."""
+    p.add_argument("--preset", choices=["imagenet"], default=None, help="the release's ImageNet recipe (120 epochs, cosine)")
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--image-size", type=_positive_int, default=None, help="default: from the data")
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the cosine schedule")
+    p.add_argument("--wd", type=float, default=None, help="weight decay")
+    p.add_argument("--warmup", type=float, default=None, help="epochs of linear warmup")
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--no-bn-wd", action="store_true", help="no weight decay on BN parameters and biases")
+    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes for image folders")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--sparsity", type=float, default=None, help="L1 weight on SA-branch BN scales")
+    p.add_argument("--train-subset", type=_positive_int, default=None, help="train on a random subset of N images")
+    p.add_argument("--val-subset", type=_positive_int, default=None, help="validate on a random subset of N images")
+    p.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation (for very short runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

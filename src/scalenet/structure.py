@@ -212,6 +212,19 @@ class Structure:
         n = self.image_size if image_size is None else image_size
         return _stage_sides(self.stem, n, len(self.layers))
 
+    def check_input(self, image_size: int) -> None:
+        """Raises a clear ValueError when an input of ``image_size`` cannot run through the network
+        (a pooled branch map would be empty)."""
+        sides = self.stage_sides(image_size)
+        for spec in self.blocks():
+            for scale, c in zip(self.scales, spec.channels):
+                if c and sides[spec.stage] // scale < 1:
+                    raise ValueError(
+                        f"{self.name or self.source} cannot take {image_size} px images: block {spec.name} would pool "
+                        f"its {sides[spec.stage]}x{sides[spec.stage]} map by {scale}; use larger images or a structure "
+                        "made for this size (scalenet allocate)"
+                    )
+
     def stage_planes(self) -> list[int]:
         return [self.width * 2**i for i in range(len(self.layers))]
 
@@ -464,7 +477,7 @@ def _stage_sides(stem: str, image_size: int, num_stages: int) -> list[int]:
         sides.append(side)
     if sides[-1] < 1:
         raise ValueError(
-            f"image size {image_size} is too small for {num_stages} stages with a {stem} stem; use a larger image"
+            f"image size {image_size} is too small for {num_stages} stages with the {stem} stem; use a larger image"
         )
     return sides
 
