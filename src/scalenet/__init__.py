@@ -6,6 +6,8 @@ Public API::
     model = scalenet.create_model("scalenet50", checkpoint="scalenet50.pth")
     structure = scalenet.Structure.load("my_structure.json")
     structure.macs(), structure.params()
+    result = scalenet.allocate(build_data("my_images/"), width_mult=1.0)  # from scalenet.data import build_data
+    result.structure, result.scores
 
 Importing the package registers the ScaleNets with timm (``timm.create_model("scalenet50")``).
 """
@@ -13,6 +15,7 @@ Importing the package registers the ScaleNets with timm (``timm.create_model("sc
 from .factory import create_model, list_models
 from .structure import Structure
 from . import models  # noqa: F401  (registers the timm models)
+from .allocate import allocate  # noqa: E402  (the function; the module stays importable as scalenet.allocate)
 
-__all__ = ["create_model", "list_models", "Structure"]
+__all__ = ["create_model", "list_models", "Structure", "allocate"]
 __version__ = "0.1.0"
