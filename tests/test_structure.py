@@ -135,6 +135,17 @@ def test_missing_file_raises_file_not_found(tmp_path):
         Structure.load(tmp_path / "nope.json")
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = Structure.published("scalenet50").save(tmp_path / "s.json")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_writes_are_atomic_and_keep_the_old_file_on_failure(tmp_path):
     from scalenet.fileio import atomic_write
 

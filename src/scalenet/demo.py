@@ -220,7 +220,7 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
     for name, lat in cpu_latency({k: m for k, m in models.items()}, (256, 1, 28, 28), repeats=5).items():
         results[name]["latency_ms_batch256"] = lat["median_ms"]
 
-    plot_curves(curves, out / "curves.png", title="Fashion-MNIST: training loss and test accuracy")
+    plot_curves(curves, out / "curves.png", title="Fashion-MNIST: training loss and per-epoch validation accuracy")
     report = {
         "profile": asdict(p),
         "device": f"CPU: {_cpu_name()}, {threads} threads, torch {torch.__version__}",

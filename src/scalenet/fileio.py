@@ -24,6 +24,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         raise PermissionError(f"output directory is not writable: {directory}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -40,3 +41,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -70,7 +70,7 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("test top-1 (%)")
+    ax_acc.set_ylabel("validation top-1 (%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
