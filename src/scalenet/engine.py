@@ -410,7 +410,7 @@ def train(
             if d.main:
                 print(
                     f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}, "
-                    f"val top-1 {100 * record['val_top1']:.2f}%, {record['images_per_s']:.0f} img/s, "
+                    f"val top-1 {100 * record['val_top1']:.2f}%, {_rate(record['images_per_s'])} img/s, "
                     f"{record['seconds']:.1f} s",
                     flush=True,
                 )
@@ -457,6 +457,10 @@ def train(
         best = read_state_dict(run / "best.pt")
         save_weights(best["model"], run / "model.safetensors")
     return TrainResult(model=model, metrics=metrics, best_top1=best_top1, run_dir=run)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
