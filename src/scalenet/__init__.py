@@ -16,6 +16,7 @@ from .factory import create_model, list_models
 from .structure import Structure
 from . import models  # noqa: F401  (registers the timm models)
 from .allocate import allocate  # noqa: E402  (the function; the module stays importable as scalenet.allocate)
+from .fuse import fuse
 
-__all__ = ["create_model", "list_models", "Structure", "allocate"]
+__all__ = ["create_model", "list_models", "Structure", "allocate", "fuse"]
 __version__ = "0.1.0"

@@ -218,6 +218,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_onnx, export_onnx
+    from .factory import create_model, resolve_structure
+    from .fuse import fuse
+
+    structure = resolve_structure(args.model, layers=args.layers)
+    image_size = args.image_size or structure.image_size
+    structure.check_input(image_size)
+    out = Path(args.onnx)
+    _check_output_file(out)
+    model = create_model(structure, num_classes=args.num_classes, in_chans=args.in_chans, checkpoint=args.checkpoint)
+    model = fuse(model) if args.fused else model.eval()
+    export_onnx(model, out, image_size, args.in_chans)
+    diff = check_onnx(model, out, image_size, args.in_chans)
+    if diff > 1e-3:
+        out.unlink()
+        raise ValueError(f"onnxruntime output differs from PyTorch by {diff:.2e} relative (limit 1e-3); {out} removed")
+    print(f"{out}: opset 17, dynamic batch, {'fused, ' if args.fused else ''}onnxruntime vs PyTorch max relative "
+          f"difference {diff:.1e}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench, save_results
+
+    result = run_bench(
+        device=args.device, batch_size=args.batch_size, image_size=args.image_size, repeats=args.repeats,
+        compile=args.compile, train=args.train, channels_last=not args.channels_first, onnx=not args.no_onnx,
+        models=args.models, progress=not args.json,
+    )
+    js, md = save_results(result, args.out_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+        print(f"\nwritten: {js}, {md}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line too (no usage dump), exit code 2."""
@@ -286,6 +327,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="ONNX export (opset 17, dynamic batch), checked in onnxruntime")
+    p.add_argument("--model", required=True, metavar="NAME|PATH", help="a published model name or a structure JSON")
+    p.add_argument("--checkpoint", default=None, help="weights (.pth/.pt/.safetensors); default: random init")
+    p.add_argument("--onnx", required=True, metavar="out.onnx")
+    p.add_argument("--fused", action="store_true", help="export the BN-folded inference model")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="default: the structure's own")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--in-chans", type=_positive_int, default=3)
+    p.add_argument("--layers", type=_int_list, default=None, help="stage depths for a bare-list structure file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="latency/throughput against ResNet-50, SE-ResNet-50 and ResNeXt-50, interleaved")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--image-size", type=_positive_int, default=224)
+    p.add_argument("--repeats", type=_positive_int, default=10, help="interleaved rounds (median and min reported)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--train", action="store_true", help="training steps (forward + backward + SGD) instead of inference")
+    p.add_argument("--channels-first", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows (CPU inference only)")
+    p.add_argument("--models", type=lambda t: [m.strip() for m in t.split(",") if m.strip()], default=None,
+                   help="comma-separated subset (resnet50 is always included as the reference)")
+    p.add_argument("--out-dir", default="benchmarks/results", help="where the JSON and markdown go")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

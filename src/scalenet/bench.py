@@ -1,0 +1,234 @@
+"""Side-by-side speed of ScaleNet against its peers (the paper's GPU-time table).
+
+All models run in one process, same batch, same layout, with interleaved repeats (one
+forward of each model per round), so drift of a shared, noisy machine hits every model
+alike. Reported: MACs, params, median and min latency, the ratio to ResNet-50, and with
+``train=True`` the training-step throughput (forward + backward + SGD step) and, on CUDA,
+peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .factory import create_model
+from .fileio import atomic_write_text
+from .fuse import fuse
+
+__all__ = ["peer_models", "run_bench", "format_table", "device_name"]
+
+
+def _fold_bn(model: nn.Module) -> nn.Module:
+    from torch.fx.experimental.optimization import fuse as fx_fuse
+
+    return fx_fuse(model.eval())
+
+
+def peer_models(train: bool = False) -> dict[str, Callable[[], nn.Module]]:
+    """Builders for the paper's table. Inference uses fused ScaleNets (and a BN-folded ResNet-50
+    for a like-for-like row); training uses the plain, trainable models."""
+    import timm
+    import torchvision
+
+    peers: dict[str, Callable[[], nn.Module]] = {
+        "resnet50": lambda: torchvision.models.resnet50(),
+        "seresnet50": lambda: timm.create_model("seresnet50"),
+        "resnext50_32x4d": lambda: torchvision.models.resnext50_32x4d(),
+    }
+    if train:
+        peers["scalenet50"] = lambda: create_model("scalenet50")
+        peers["scalenet50_light"] = lambda: create_model("scalenet50_light")
+    else:
+        peers["resnet50 (BN folded)"] = lambda: _fold_bn(torchvision.models.resnet50())
+        peers["scalenet50 (fused)"] = lambda: fuse(create_model("scalenet50"))
+        peers["scalenet50_light (fused)"] = lambda: fuse(create_model("scalenet50_light"))
+    return peers
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _count(model: nn.Module, image_size: int) -> tuple[int, int]:
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(
+    device: str = "cpu",
+    batch_size: int = 16,
+    image_size: int = 224,
+    repeats: int = 10,
+    warmup: int = 2,
+    compile: bool = False,
+    train: bool = False,
+    channels_last: bool = True,
+    onnx: bool = True,
+    models: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    builders = peer_models(train)
+    if models:
+        unknown = [m for m in models if m not in builders]
+        if unknown:
+            raise ValueError(f"unknown bench model(s) {', '.join(unknown)}; choose from {', '.join(builders)}")
+        builders = {k: v for k, v in builders.items() if k in models or k == "resnet50"}
+    amp_dtype = torch.float16 if dev.type == "cuda" else None
+    rows: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Callable[[], None]] = {}
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
+    y = torch.randint(0, 1000, (batch_size,), device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for name, build in builders.items():
+        model = build()
+        macs, params = _count(model, image_size)
+        rows[name] = {"macs": macs, "params": params}
+        model = model.to(dev)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        net = torch.compile(model) if compile else model
+        if train:
+            model.train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            def step(net=net, opt=opt):
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = nn.functional.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            runners[name] = step
+        else:
+            model.eval()
+
+            def forward(net=net):
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    net(x)
+
+            runners[name] = forward
+    if onnx and not train and dev.type == "cpu":
+        runners.update(_onnx_runners(builders, rows, batch_size, image_size))
+
+    for name, run in runners.items():  # warm-up (and compilation)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(warmup):
+            run()
+        _sync(dev)
+        if dev.type == "cuda":
+            rows[name]["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    rounds = range(repeats)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rounds = tqdm(rounds, desc=f"bench {'train' if train else 'inference'} b{batch_size}", leave=False)
+    for _ in rounds:
+        for name, run in runners.items():
+            _sync(dev)
+            t = time.perf_counter()
+            run()
+            _sync(dev)
+            times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["resnet50"])
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        rows[name].update(median_ms=1e3 * median, min_ms=1e3 * min(ts), ratio_to_resnet50=median / base)
+        if train:
+            rows[name]["images_per_s"] = batch_size / median
+    return {
+        "device": device_name(dev),
+        "torch": torch.__version__,
+        "mode": "train" if train else "inference",
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "repeats": repeats,
+        "compile": compile,
+        "channels_last": channels_last,
+        "precision": "fp16 autocast" if amp_dtype is not None else "fp32",
+        "models": rows,
+    }
+
+
+def _onnx_runners(builders, rows, batch_size, image_size) -> dict[str, Callable[[], None]]:
+    import onnxruntime as ort
+
+    from .export import export_onnx
+
+    out: dict[str, Callable[[], None]] = {}
+    x = torch.randn(batch_size, 3, image_size, image_size).numpy()
+    tmp = Path(tempfile.mkdtemp(prefix="scalenet-bench-"))
+    for name in ("resnet50", "scalenet50 (fused)"):
+        if name not in builders:
+            continue
+        path = export_onnx(builders[name](), tmp / f"{re.sub(r'[^a-z0-9]+', '_', name)}.onnx", image_size)
+        for mode, label in ((ort.ExecutionMode.ORT_SEQUENTIAL, "sequential"), (ort.ExecutionMode.ORT_PARALLEL, "parallel")):
+            opts = ort.SessionOptions()
+            opts.execution_mode = mode
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            key = f"{name.split(' ')[0]} (onnxruntime, {label})"
+            rows[key] = dict(rows[name])
+            out[key] = lambda s=session: s.run(None, {"input": x})
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    train = result["mode"] == "train"
+    head = f"| model | MACs (G) | params (M) | median ms | min ms | vs ResNet-50 |" + (" img/s | peak MB |" if train else "")
+    lines = [
+        f"{result['mode']} on {result['device']}, batch {result['batch_size']}, {result['image_size']}x{result['image_size']}, "
+        f"{result['precision']}, {'channels_last' if result['channels_last'] else 'channels_first'}"
+        f"{', torch.compile' if result['compile'] else ', eager'}, median of {result['repeats']} interleaved repeats",
+        "",
+        head,
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if train else ""),
+    ]
+    for name, r in result["models"].items():
+        line = (f"| {name} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
+                f"{r['ratio_to_resnet50']:.2f}x |")
+        if train:
+            peak = r.get("peak_memory_mb")
+            line += f" {r['images_per_s']:.1f} | {peak:.0f} |" if peak is not None else f" {r['images_per_s']:.1f} | n/a |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-")
+    stem = f"bench-{slug}-{result['mode']}-b{result['batch_size']}" + ("-compile" if result["compile"] else "")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js = atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    md = atomic_write_text(out / f"{stem}.md", format_table(result) + "\n")
+    return js, md

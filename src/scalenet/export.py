@@ -1,0 +1,48 @@
+"""ONNX export with a numerical check against PyTorch in onnxruntime."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .fileio import atomic_write
+
+__all__ = ["export_onnx", "check_onnx"]
+
+OPSET = 17
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, in_chans: int = 3,
+                opset: int = OPSET) -> Path:
+    """Writes ``model`` (eval mode) as ONNX with a dynamic batch axis, atomically."""
+    model = model.eval()
+    x = torch.randn(2, in_chans, image_size, image_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript exporter warns that it is deprecated and that spatial sizes become
+        # constants; both are expected here: only the batch axis is dynamic
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, in_chans: int = 3, batch: int = 3) -> float:
+    """Runs the file in onnxruntime and PyTorch on the same input (a batch size other than the
+    export's, to exercise the dynamic axis); returns the max difference relative to the output scale."""
+    import onnxruntime as ort
+
+    x = torch.randn(batch, in_chans, image_size, image_size)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))

@@ -1,0 +1,27 @@
+import json
+
+import pytest
+
+from scalenet.bench import format_table, run_bench, save_results
+from scalenet.cli import main
+
+
+def test_bench_rows_ratios_and_files(tmp_path):
+    result = run_bench(batch_size=1, repeats=2, warmup=1, onnx=False, progress=False,
+                       models=["scalenet50 (fused)"])
+    rows = result["models"]
+    assert set(rows) == {"resnet50", "scalenet50 (fused)"}
+    assert rows["resnet50"]["ratio_to_resnet50"] == 1.0
+    assert rows["scalenet50 (fused)"]["macs"] == 3_818_372_352  # the fused model counts the same MACs
+    assert rows["resnet50"]["macs"] == 4_089_184_256  # torchvision's 4.09 G
+    s = rows["scalenet50 (fused)"]
+    assert s["ratio_to_resnet50"] == pytest.approx(s["median_ms"] / rows["resnet50"]["median_ms"])
+    assert s["min_ms"] <= s["median_ms"]
+    js, md = save_results(result, tmp_path)
+    assert json.loads(js.read_text())["models"].keys() == rows.keys()
+    assert "| scalenet50 (fused) |" in md.read_text() and "batch 1" in format_table(result)
+
+
+def test_bench_bad_input(capsys):
+    assert main(["bench", "--models", "vgg16", "--no-onnx"]) == 2
+    assert "unknown bench model(s) vgg16" in capsys.readouterr().err
