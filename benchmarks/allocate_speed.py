@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scalenet.demo import _cpu_name
+from scalenet.bench import device_name
 
 
 def main() -> None:
@@ -34,14 +34,15 @@ def main() -> None:
         t = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - t
-    cpu = _cpu_name()
+    cpu = device_name(torch.device("cpu"))
     result = {
         "what": "scalenet allocate, ImageFolder of 600 32x32 images (6 classes), 5 seed epochs, defaults otherwise",
         "seconds_wall_including_startup": round(seconds, 1),
-        "device": f"CPU: {cpu}, {torch.get_num_threads()} threads",
+        "device": f"CPU: {cpu}",
         "torch": torch.__version__,
     }
-    path = Path(__file__).parent / "results" / f"allocate-{cpu.replace(' ', '-').lower()}.json"
+    slug = "".join(ch if ch.isalnum() else "-" for ch in cpu.lower()).strip("-")
+    path = Path(__file__).parent / "results" / f"allocate-{slug}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .allocate import allocate, format_stage_summary
+from .bench import device_name
 from .data import build_data
 from .engine import TrainConfig, evaluate, train
 from .factory import create_model
@@ -139,16 +139,6 @@ def cpu_latency(models: dict[str, torch.nn.Module], shape: Sequence[int], repeat
     return {k: {"median_ms": statistics.median(v), "min_ms": min(v)} for k, v in times.items()}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 0, progress: bool = True) -> dict[str, Any]:
     if isinstance(profile, DemoProfile):
         p = profile
@@ -161,7 +151,6 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
         raise ValueError(f"output directory {out} is a file; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    threads = torch.get_num_threads()
 
     seed_data = build_data("fashion-mnist", train_subset=p.seed_subset, val_subset=p.val_subset, seed=seed)
     data = build_data("fashion-mnist", train_subset=p.train_subset, val_subset=p.val_subset, seed=seed)
@@ -223,7 +212,7 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
     plot_curves(curves, out / "curves.png", title="Fashion-MNIST: training loss and per-epoch validation accuracy")
     report = {
         "profile": asdict(p),
-        "device": f"CPU: {_cpu_name()}, {threads} threads, torch {torch.__version__}",
+        "device": f"CPU: {device_name(torch.device('cpu'))}, torch {torch.__version__}",
         "seconds": time.perf_counter() - started,
         "allocation_seconds": allocation_seconds,
         "seed_val_top1": learned.meta.get("seed_val_top1"),
