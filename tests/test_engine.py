@@ -19,6 +19,14 @@ from helpers import make_image_folder, tiny_structure
 FAST = dict(batch_size=8, lr=0.05, progress=False, tensorboard=False)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "scalenet", *args], capture_output=True, text=True, timeout=300)
 
@@ -85,7 +93,7 @@ def test_torchrun_two_processes(tmp_path, folder):
     structure = tiny_structure().save(tmp_path / "t.json")
     run = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "scalenet",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "scalenet",
          "train", "--model", str(structure), "--data", str(folder), "--out", str(run), "--epochs", "2",
          "--batch-size", "4", "--no-progress"],
         capture_output=True, text=True, timeout=300,
