@@ -34,7 +34,6 @@ __all__ = [
     "AllocationResult",
     "seed_structure",
     "neuron_costs",
-    "score_neurons",
     "select",
     "minimum_macs",
     "check_budget",
@@ -277,10 +276,6 @@ def select(
                 "use --scope global"
             )
     return structure, kept
-
-
-def score_neurons(model: nn.Module, seed: Structure, importance: Importance | None = None) -> list[BlockScores]:
-    return (importance or BNScale())(model, seed, seed.image_size)
 
 
 def default_layout(image_size: int) -> dict[str, Any]:

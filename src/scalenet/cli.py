@@ -155,11 +155,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- allocate
 def _check_output_file(path: Path) -> None:
-    directory = path.parent
-    if not directory.is_dir():
-        raise FileNotFoundError(f"output directory does not exist: {directory}")
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"output directory is not writable: {directory}")
+    from .fileio import check_writable_dir
+
+    check_writable_dir(path.parent)
     if path.is_dir():
         raise ValueError(f"--out {path} is a directory; give a file name such as {path / 'structure.json'}")
 

@@ -98,24 +98,16 @@ class TensorBatches:
         self.augment = augment
         self.padding = padding
         self.seed = seed
-        self.rank, self.world_size = rank, world_size
+        # the same seeded, sharded order as the DataLoader path for image folders
+        self.sampler = ShardSampler(len(data), shuffle=train, seed=seed, rank=rank, world_size=world_size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
-        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def _indices(self) -> torch.Tensor:
-        n = len(self.data)
-        if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-            per_rank = n // self.world_size  # equal shards: every rank runs the same number of steps
-            order = order[: per_rank * self.world_size]
-        else:
-            order = torch.arange(n)
-        return order[self.rank :: self.world_size]
+        return torch.tensor(self.sampler._indices(), dtype=torch.long)
 
     def __len__(self) -> int:
         n = len(self._indices())
@@ -123,7 +115,7 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7919)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch + 7919)
         stop = len(idx) - len(idx) % self.batch_size if self.train else len(idx)
         for start in range(0, stop, self.batch_size):
             b = idx[start : start + self.batch_size]

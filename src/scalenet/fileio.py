@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -17,11 +17,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     the complete new content. On any error the temp file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    directory = path.parent
-    if not directory.is_dir():
-        raise FileNotFoundError(f"output directory does not exist: {directory}")
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"output directory is not writable: {directory}")
+    directory = check_writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -37,6 +33,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             pass
         raise
     return path
+
+
+def check_writable_dir(directory: str | os.PathLike) -> Path:
+    """Raises a one-line error unless ``directory`` exists and is writable."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"output directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"output directory is not writable: {directory}")
+    return directory
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
