@@ -1,11 +1,27 @@
 """Small synthetic data for tests: image folders written to a temp directory."""
 
+import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from scalenet import Structure
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs ``python -m scalenet ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "scalenet", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 10, size: int = 16, layout: str = "flat",
@@ -28,4 +44,51 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 10, size: i
 def tiny_structure(image_size: int = 16, name: str = "tiny") -> Structure:
     return Structure.from_channels(
         [[4, 2, 1, 1], [3, 2, 2, 0]], layers=(1, 1), stem="small", width=4, image_size=image_size, name=name
+    )
+
+
+#: Category ids are deliberately not contiguous (COCO's are not either).
+SHAPE_CATEGORIES = [{"id": 1, "name": "red square"}, {"id": 3, "name": "green disc"}, {"id": 5, "name": "blue bar"}]
+
+
+def make_coco(root: Path, images: int = 20, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny COCO-format set: coloured shapes on noise, 128-160 px. Returns (json, image dir)."""
+    rng = np.random.default_rng(seed)
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    colours = {1: (230, 40, 40), 3: (40, 220, 40), 5: (50, 60, 240)}
+    coco = {"images": [], "annotations": [], "categories": SHAPE_CATEGORIES}
+    for i in range(images):
+        h, w = int(rng.integers(128, 161)), int(rng.integers(128, 161))
+        pixels = rng.normal(110, 30, (h, w, 3))
+        yy, xx = np.mgrid[0:h, 0:w]
+        for _ in range(int(rng.integers(1, 4))):
+            cat = int(rng.choice([1, 3, 5]))
+            bw, bh = int(rng.integers(24, 64)), int(rng.integers(24, 64))
+            if cat == 5:
+                bh = max(12, bw // 3)  # wide bars
+            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            if cat == 3:
+                r = min(bw, bh) / 2
+                bw = bh = int(2 * r)
+                mask = (xx - x0 - r) ** 2 + (yy - y0 - r) ** 2 <= r * r
+            else:
+                mask = (xx >= x0) & (xx < x0 + bw) & (yy >= y0) & (yy < y0 + bh)
+            pixels[mask] = colours[cat]
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1, "category_id": cat,
+                                        "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": 0})
+        name = f"{i:03d}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(image_dir / name)
+        coco["images"].append({"id": i + 1, "file_name": name, "width": w, "height": h})
+    path = root / "instances.json"
+    path.write_text(json.dumps(coco))
+    return path, image_dir
+
+
+def detection_structure(name: str = "tiny-det") -> Structure:
+    """A 4-stage ImageNet-stem structure small enough for CPU tests at 128 px (no x7 branch in
+    stage 4, whose map is 4 px there)."""
+    return Structure.from_channels(
+        [[6, 4, 3, 3], [8, 4, 2, 2], [8, 8, 4, 4], [16, 8, 8, 0]], layers=(1, 1, 1, 1), stem="imagenet", width=8,
+        image_size=128, name=name,
     )

@@ -14,21 +14,9 @@ from scalenet.cli import main
 from scalenet.data import TensorBatches, TensorData, build_data
 from scalenet.engine import TrainConfig, TrainingError, evaluate, model_from_checkpoint, train
 
-from helpers import make_image_folder, tiny_structure
+from helpers import cli, free_port, make_image_folder, tiny_structure
 
 FAST = dict(batch_size=8, lr=0.05, progress=False, tensorboard=False)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "scalenet", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

@@ -39,6 +39,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
 # ---------------------------------------------------------------------------- info
 def _format_count(n: int, unit: str) -> str:
     if n >= 1e9:
@@ -154,12 +164,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- allocate
-def _check_output_file(path: Path) -> None:
+def _check_output_file(path: Path, flag: str = "--out", example: str = "structure.json") -> None:
     from .fileio import check_writable_dir
 
     check_writable_dir(path.parent)
     if path.is_dir():
-        raise ValueError(f"--out {path} is a directory; give a file name such as {path / 'structure.json'}")
+        raise ValueError(f"{flag} {path} is a directory; give a file name such as {path / example}")
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
@@ -257,6 +267,70 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- detection
+_DETECT_FIELDS = ("backbone", "backbone_checkpoint", "epochs", "batch_size", "lr", "wd", "momentum", "warmup_iters",
+                  "min_size", "max_size", "trainable_layers", "norm", "fpn_channels", "workers", "seed")
+
+
+def cmd_detect_train(args: argparse.Namespace) -> int:
+    from .detection import CocoDetection, DetectConfig, train_detector
+
+    values = {k: getattr(args, k) for k in _DETECT_FIELDS if getattr(args, k) is not None}
+    if args.lr_steps is not None:
+        values["lr_steps"] = tuple(args.lr_steps)
+    cfg = DetectConfig(**values, amp=args.amp, progress=not args.no_progress)
+    if cfg.backbone_checkpoint is not None and not Path(cfg.backbone_checkpoint).is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {cfg.backbone_checkpoint}")
+    if (args.val_json is None) != (args.val_images is None):
+        raise ValueError("give --val-json and --val-images together (or neither)")
+    dataset = CocoDetection(args.coco_json, args.images, train=True)
+    val = CocoDetection(args.val_json, args.val_images) if args.val_json else None
+    _, metrics = train_detector(dataset, cfg, args.out, resume=args.resume, val_dataset=val)
+    if metrics and int(os.environ.get("RANK", "0")) == 0:
+        last = metrics[-1]
+        ap = f", val AP {100 * last['val_AP']:.1f}" if "val_AP" in last else ""
+        print(f"faster-rcnn {cfg.backbone}: loss {last['loss']:.4f} after epoch {last['epoch']}{ap}; run in {args.out}")
+    return 0
+
+
+def cmd_detect_eval(args: argparse.Namespace) -> int:
+    from .detection import CocoDetection, detector_from_checkpoint, evaluate_detector, format_coco_table
+    from .engine import setup_distributed
+    from .fileio import atomic_write_text
+
+    d = setup_distributed()
+    dataset = CocoDetection(args.coco_json, args.images)
+    model, ckpt = detector_from_checkpoint(args.checkpoint)
+    model.roi_heads.score_thresh = args.score_thresh
+    num_classes = ckpt["detector"]["num_classes"]
+    if dataset.num_classes > num_classes:
+        raise ValueError(
+            f"{args.coco_json} has category ids up to {dataset.num_classes - 1}, but {args.checkpoint} "
+            f"predicts ids below {num_classes}; evaluate on the data set it was trained for"
+        )
+    save = Path(args.save) if args.save else Path(args.checkpoint).with_name(f"eval-{Path(args.coco_json).stem}.json")
+    if d.main:
+        _check_output_file(save, "--save", "eval.json")
+        if args.detections:
+            _check_output_file(Path(args.detections), "--detections", "detections.json")
+    stats, results = evaluate_detector(model.to(d.device), dataset, d.device, batch_size=args.batch_size,
+                                       workers=args.workers, progress=not args.no_progress and not args.json, d=d)
+    if not d.main:
+        return 0
+    report = {"checkpoint": str(args.checkpoint), "annotations": str(args.coco_json), **stats}
+    atomic_write_text(save, json.dumps(report, indent=2) + "\n")
+    if args.detections:
+        atomic_write_text(Path(args.detections), json.dumps(results))
+    if dataset.skipped:
+        print(f"note: {Path(args.coco_json).name}: skipped {dataset.skipped.describe()}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_coco_table(stats))
+        print(f"\n{stats['images']} images, {stats['detections']} detections; written: {save}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line too (no usage dump), exit code 2."""
@@ -351,6 +425,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="benchmarks/results", help="where the JSON and markdown go")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("detect-train", help="Faster R-CNN + FPN with a ScaleNet backbone on a COCO-format set (torchrun for DDP)")
+    p.add_argument("--coco-json", required=True, metavar="PATH", help="COCO instances annotation JSON")
+    p.add_argument("--images", required=True, metavar="DIR", help="the folder the JSON's file_name entries are in")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: last.pt/best.pt, metrics.jsonl")
+    p.add_argument("--backbone", default=None, metavar="NAME|PATH", help="published name or structure JSON (default scalenet50)")
+    p.add_argument("--backbone-checkpoint", default=None, metavar="PATH",
+                   help="ImageNet weights: a scalenet train checkpoint, .safetensors, or the release's .pth")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default 12 (the 1x schedule)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per process (default 2)")
+    p.add_argument("--lr", type=float, default=None, help="default 0.02 (for 16 images per step in all)")
+    p.add_argument("--wd", type=float, default=None, help="default 1e-4")
+    p.add_argument("--momentum", type=float, default=None, help="default 0.9")
+    p.add_argument("--lr-steps", type=_int_list, default=None, help="epochs after which the LR drops 10x (default 8,11)")
+    p.add_argument("--warmup-iters", type=int, default=None, help="linear warmup iterations (default 1000)")
+    p.add_argument("--min-size", type=_positive_int, default=None, help="shorter image side (default 600, the paper's)")
+    p.add_argument("--max-size", type=_positive_int, default=None, help="longer side cap (default 1000, the paper's)")
+    p.add_argument("--trainable-layers", type=int, choices=range(6), default=None, help="stages trained, from the top (default 3)")
+    p.add_argument("--norm", choices=["frozen", "bn"], default=None, help="backbone BN: frozen (default) or trained")
+    p.add_argument("--fpn-channels", type=_positive_int, default=None, help="FPN width (default 256)")
+    p.add_argument("--val-json", default=None, metavar="PATH", help="evaluate on this set after every epoch (best.pt by AP)")
+    p.add_argument("--val-images", default=None, metavar="DIR")
+    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default 0)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_detect_train)
+
+    p = sub.add_parser("detect-eval", help="COCO box metrics of a detect-train checkpoint (pycocotools)")
+    p.add_argument("--checkpoint", required=True, help="last.pt/best.pt written by scalenet detect-train")
+    p.add_argument("--coco-json", required=True, metavar="PATH")
+    p.add_argument("--images", required=True, metavar="DIR")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="images per step (default 1: larger batches pad images to a common size, which moves scores slightly)")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--save", default=None, metavar="PATH", help="metrics JSON (default: eval-<json name>.json beside the checkpoint)")
+    p.add_argument("--detections", default=None, metavar="PATH", help="also write the detections in COCO results format")
+    p.add_argument("--score-thresh", type=_fraction, default=0.05, help="drop detections scoring below this (default 0.05)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_detect_eval)
     return parser
 
 
@@ -386,9 +502,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         print(f"scalenet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as e:  # an optional dependency (pycocotools, onnxruntime); the message says what to install
+        print(f"scalenet: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("scalenet: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from .engine import TrainingError
+
+        if not isinstance(e, TrainingError):
+            raise
+        print(f"scalenet: error: {e}", file=sys.stderr)  # a diverged run: what happened and what is kept
+        return 1
     except BrokenPipeError:  # e.g. `scalenet info ... | head`
         return 0
 
