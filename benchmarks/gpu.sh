@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# One short device run for the speed issue: the paper's GPU-time table on CUDA at batch 16
-# and batch 1, eager and compiled, inference and training. Results land in
-# benchmarks/results/ (copied back from $OUT when run through the device tool).
+# One short device run for the speed issue: the paper's GPU-time table on CUDA (fp16 autocast)
+# at batch 16 and batch 1, eager, compiled and with CUDA graphs, inference and training.
+# Results land in benchmarks/results/ (or $OUT when run through the device tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 out="${OUT:-benchmarks/results}"
-python -m scalenet bench --device cuda --batch-size 16 --repeats 30 --out-dir "$out"
-python -m scalenet bench --device cuda --batch-size 1 --repeats 50 --out-dir "$out"
-python -m scalenet bench --device cuda --batch-size 16 --repeats 30 --compile --out-dir "$out"
-python -m scalenet bench --device cuda --batch-size 16 --repeats 20 --train --out-dir "$out"
+b() { python -m scalenet bench --device cuda --out-dir "$out" "$@"; }
+b --batch-size 16 --repeats 30
+b --batch-size 1 --repeats 50
+b --batch-size 16 --repeats 30 --compile
+b --batch-size 1 --repeats 50 --compile
+b --batch-size 16 --repeats 30 --cuda-graphs
+b --batch-size 1 --repeats 50 --cuda-graphs
+b --batch-size 16 --repeats 20 --train
+# the CUDA checks of the fast path (skipped on machines without CUDA)
+if python -c "import pytest" 2>/dev/null; then python -m pytest -q tests/test_fast_path.py -k cuda | tee "$out/gpu-tests.txt"; fi

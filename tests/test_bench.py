@@ -25,3 +25,21 @@ def test_bench_rows_ratios_and_files(tmp_path):
 def test_bench_bad_input(capsys):
     assert main(["bench", "--models", "vgg16", "--no-onnx"]) == 2
     assert "unknown bench model(s) vgg16" in capsys.readouterr().err
+
+
+def test_cpu_training_rows_have_throughput_and_peak_memory():
+    result = run_bench(batch_size=2, image_size=224, repeats=1, warmup=1, train=True, progress=False,
+                       models=["scalenet50_light"])
+    rows = result["models"]
+    assert set(rows) == {"resnet50", "scalenet50_light"}
+    for r in rows.values():
+        assert r["images_per_s"] == pytest.approx(2 / (r["median_ms"] / 1e3))
+        assert r["peak_memory_mb"] > 0  # measured in a fresh process per model
+    # the step's peak holds at least the gradients and momentum (two copies of the parameters)
+    assert rows["resnet50"]["peak_memory_mb"] > 2 * rows["resnet50"]["params"] * 4 / 2**20
+    assert "| n/a |" not in format_table(result)
+
+
+def test_cuda_graphs_need_cuda(capsys):
+    assert main(["bench", "--cuda-graphs", "--no-onnx"]) == 2
+    assert "--cuda-graphs needs --device cuda" in capsys.readouterr().err

@@ -3,8 +3,8 @@
 All models run in one process, same batch, same layout, with interleaved repeats (one
 forward of each model per round), so drift of a shared, noisy machine hits every model
 alike. Reported: MACs, params, median and min latency, the ratio to ResNet-50, and with
-``train=True`` the training-step throughput (forward + backward + SGD step) and, on CUDA,
-peak memory.
+``train=True`` the training-step throughput (forward + backward + SGD step) and peak memory
+(CUDA's allocator counter; on CPU the peak RSS of a fresh process per model).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .factory import create_model
 from .fileio import atomic_write_text
 from .fuse import fuse
 
-__all__ = ["peer_models", "run_bench", "format_table", "device_name"]
+__all__ = ["peer_models", "run_bench", "format_table", "device_name", "peak_step_memory_mb"]
 
 
 def _fold_bn(model: nn.Module) -> nn.Module:
@@ -92,10 +92,16 @@ def run_bench(
     onnx: bool = True,
     models: list[str] | None = None,
     progress: bool = True,
+    cuda_graphs: bool = False,
 ) -> dict[str, Any]:
+    """One interleaved run of the peers. ``cuda_graphs`` compiles with ``mode="reduce-overhead"``
+    (CUDA graphs). On CPU, ``train=True`` also measures each model's peak step memory in a
+    fresh process (:func:`peak_step_memory_mb`)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    if cuda_graphs and dev.type != "cuda":
+        raise ValueError("--cuda-graphs needs --device cuda")
     builders = peer_models(train)
     if models:
         unknown = [m for m in models if m not in builders]
@@ -116,7 +122,10 @@ def run_bench(
         model = model.to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        net = torch.compile(model) if compile else model
+        if cuda_graphs:
+            net = torch.compile(model, mode="reduce-overhead")
+        else:
+            net = torch.compile(model) if compile else model
         if train:
             model.train()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -161,6 +170,9 @@ def run_bench(
             run()
             _sync(dev)
             times[name].append(time.perf_counter() - t)
+    if train and dev.type == "cpu":
+        for name in runners:
+            rows[name]["peak_memory_mb"] = peak_step_memory_mb(name, batch_size, image_size)
     base = statistics.median(times["resnet50"])
     for name, ts in times.items():
         median = statistics.median(ts)
@@ -174,7 +186,8 @@ def run_bench(
         "batch_size": batch_size,
         "image_size": image_size,
         "repeats": repeats,
-        "compile": compile,
+        "compile": compile or cuda_graphs,
+        "cuda_graphs": cuda_graphs,
         "channels_last": channels_last,
         "precision": "fp16 autocast" if amp_dtype is not None else "fp32",
         "models": rows,
@@ -213,7 +226,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['mode']} on {result['device']}, batch {result['batch_size']}, {result['image_size']}x{result['image_size']}, "
         f"{result['precision']}, {'channels_last' if result['channels_last'] else 'channels_first'}"
-        f"{', torch.compile' if result['compile'] else ', eager'}, median of {result['repeats']} interleaved repeats",
+        f"{', CUDA graphs' if result.get('cuda_graphs') else ', torch.compile' if result['compile'] else ', eager'}, median of {result['repeats']} interleaved repeats",
         "",
         head,
         "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if train else ""),
@@ -230,9 +243,48 @@ def format_table(result: dict[str, Any]) -> str:
 
 def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-")
-    stem = f"bench-{slug}-{result['mode']}-b{result['batch_size']}" + ("-compile" if result["compile"] else "")
+    variant = "-cudagraphs" if result.get("cuda_graphs") else "-compile" if result["compile"] else ""
+    stem = f"bench-{slug}-{result['mode']}-b{result['batch_size']}{variant}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js = atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
     md = atomic_write_text(out / f"{stem}.md", format_table(result) + "\n")
     return js, md
+
+
+_MEMORY_CHILD = """
+import resource, sys, torch
+from scalenet.bench import peer_models
+from scalenet.models.scalenet import set_fast_path
+name, batch, size, fast = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+torch.manual_seed(0)
+model = set_fast_path(peer_models(train=True)[name](), fast)
+model = model.to(memory_format=torch.channels_last).train()
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 1000, (batch,))
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+before = rss()
+for _ in range(2):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20)
+"""
+
+
+def peak_step_memory_mb(name: str, batch_size: int = 16, image_size: int = 224, fast: bool = True) -> float:
+    """Peak resident memory of two CPU training steps above the built model, in MB, measured in a
+    fresh process (CPU allocations have no counter like CUDA's, and the peak RSS of a process
+    never goes down). Includes gradients and the optimiser's momentum, for every model alike."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, name, str(batch_size), str(image_size), "1" if fast else "0"],
+        capture_output=True, text=True, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])

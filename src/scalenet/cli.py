@@ -256,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(
         device=args.device, batch_size=args.batch_size, image_size=args.image_size, repeats=args.repeats,
         compile=args.compile, train=args.train, channels_last=not args.channels_first, onnx=not args.no_onnx,
-        models=args.models, progress=not args.json,
+        models=args.models, progress=not args.json, cuda_graphs=args.cuda_graphs,
     )
     js, md = save_results(result, args.out_dir)
     if args.json:
@@ -417,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, default=224)
     p.add_argument("--repeats", type=_positive_int, default=10, help="interleaved rounds (median and min reported)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--cuda-graphs", action="store_true", help="torch.compile with CUDA graphs (mode reduce-overhead; CUDA only)")
     p.add_argument("--train", action="store_true", help="training steps (forward + backward + SGD) instead of inference")
     p.add_argument("--channels-first", action="store_true", help="NCHW instead of channels_last")
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows (CPU inference only)")

@@ -24,7 +24,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..structure import BlockSpec, Structure, published_names, stem_reduction
 
-__all__ = ["SABottleneck", "ScaleNet", "upsample_to", "checkpoint_filter_fn"]
+__all__ = ["SABottleneck", "ScaleNet", "upsample_to", "replicated_bn", "set_fast_path", "checkpoint_filter_fn"]
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -79,8 +79,12 @@ class SABottleneck(nn.Module):
             else None
         )
         self.act3 = nn.ReLU(inplace=True)
+        #: run :meth:`scale_aggregation_fast` (same results, less work); False runs the paper's form
+        self.fast = True
+        self.reuse_pooled = True  # part of the fast path; a switch only for measuring it alone
 
     def scale_aggregation(self, x: torch.Tensor) -> torch.Tensor:
+        """The SA block as the paper writes it: pool, conv, upsample, BN, concatenate (no ReLU)."""
         size = x.shape[-2:]
         branches = []
         for key, conv in self.conv2.items():
@@ -92,14 +96,82 @@ class SABottleneck(nn.Module):
             branches.append(self.bn2[key](y))
         return torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
 
+    def scale_aggregation_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """``act2(scale_aggregation(x))`` with the same outputs, gradients and BN statistics, and
+        less full-resolution work. Each rewrite is exact (proved in tests/test_fast_path.py):
+
+        - a pooled map is built from a finer pooled map whose factor divides its own (max-pooling
+          by ``a*b`` equals pooling by ``a`` then ``b``: the floors and windows nest);
+        - where the upsampling is nearest with an integer factor, BN (its batch statistics are
+          those of the replicated map; only the running variance's n/(n-1) differs and is
+          corrected) and ReLU run before the upsampling, on ``s**2`` fewer pixels;
+        - in eval mode BN, a per-channel affine map, also runs before bilinear upsampling.
+        """
+        h, w = x.shape[-2:]
+        pooled: dict[int, torch.Tensor] = {1: x}
+        branches = []
+        for key, conv in self.conv2.items():
+            scale = self.scales[int(key)]
+            bn = self.bn2[key]
+            if scale == 1:
+                branches.append(F.relu(bn(conv(x))))
+                continue
+            source = max(f for f in pooled if scale % f == 0) if self.reuse_pooled else 1
+            step = scale // source
+            p = pooled[scale] = F.max_pool2d(pooled[source], step, step)
+            y = conv(p)
+            ph, pw = y.shape[-2:]
+            if h % ph == 0 and w % pw == 0:
+                y = F.relu(replicated_bn(bn, y, (h // ph) * (w // pw)))
+                branches.append(F.interpolate(y, size=(h, w), mode="nearest"))
+            elif not (isinstance(bn, nn.BatchNorm2d) and bn.training):  # eval/folded: an affine map
+                branches.append(F.relu(upsample_to(bn(y), (h, w))))
+            else:
+                branches.append(F.relu(bn(upsample_to(y, (h, w)))))
+        return torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool is not None:
             x = self.pool(x)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
-        out = self.act2(self.scale_aggregation(out))
+        if self.fast:
+            out = self.scale_aggregation_fast(out)
+        else:
+            out = self.act2(self.scale_aggregation(out))
         out = self.bn3(self.conv3(out))
-        return self.act3(out + shortcut)
+        out += shortcut  # in place, as torchvision's ResNet: a fresh full-size tensor per block costs page faults
+        return self.act3(out)
+
+
+def replicated_bn(bn: nn.Module, y: torch.Tensor, replicas: int) -> torch.Tensor:
+    """``bn`` applied to ``y`` as if to ``y`` with each pixel replicated ``replicas`` times (an
+    exact nearest upsampling), without building that map.
+
+    The normalisation uses the biased batch variance, which replication leaves unchanged. The
+    running variance, though, is updated with the unbiased one, ``n / (n - 1)`` times it, and
+    ``n`` is the replicated map's pixel count: that update is done here, not by ``F.batch_norm``.
+    """
+    if not isinstance(bn, nn.BatchNorm2d) or not bn.training or replicas == 1:
+        return bn(y)  # eval, folded (Identity), or nothing replicated
+    if y.numel() == y.shape[1]:
+        # one value per channel: F.batch_norm refuses it, the replicated map has `replicas` equal
+        # values (variance 0), so the normalised map is 0 and the output is the bias
+        out = (y - y.mean(dim=(0, 2, 3), keepdim=True)) * (1.0 / math.sqrt(bn.eps))
+        if bn.affine:
+            out = out * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    else:
+        out = F.batch_norm(y, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    if not bn.track_running_stats:
+        return out
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        var, mean = torch.var_mean(y.to(torch.promote_types(y.dtype, torch.float32)), dim=(0, 2, 3), correction=0)
+        n = y.numel() // y.shape[1] * replicas
+        bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_((var * (n / (n - 1))).to(bn.running_var.dtype), alpha=momentum)
+    return out
 
 
 class ScaleNet(nn.Module):
@@ -190,6 +262,15 @@ class ScaleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def set_fast_path(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switches every SA block of ``model`` between the fast, exact formulation (the default)
+    and the paper's straightforward one. Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, SABottleneck):
+            m.fast = enabled
+    return model
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:

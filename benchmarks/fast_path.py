@@ -1,0 +1,122 @@
+"""Measures each exact rewrite of the SA block on this machine, in one process.
+
+Training step (forward + backward + SGD) and fused inference, batch 16, 224x224,
+channels_last, eager, median of interleaved repeats, against torchvision's ResNet-50:
+
+- ``paper``: the straightforward formulation (pool, conv, upsample, BN, concat, ReLU);
+- ``+ low-res BN/ReLU``: BN and ReLU before each exact nearest upsampling (train and eval);
+- ``+ pooled-map reuse``: x4 pooled from the x2 branch's pooled map (the full fast path).
+
+    python benchmarks/fast_path.py [--repeats 30] [--batch-size 16]
+
+Writes benchmarks/results/fast-path-<device>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from scalenet import create_model, fuse
+from scalenet.bench import device_name, peak_step_memory_mb
+from scalenet.fileio import atomic_write_text
+from scalenet.models.scalenet import SABottleneck
+
+
+def variant(model: nn.Module, fast: bool, reuse_pooled: bool) -> nn.Module:
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, SABottleneck):
+            m.fast, m.reuse_pooled = fast, reuse_pooled
+    return model
+
+
+VARIANTS = {"paper": (False, False), "+ low-res BN/ReLU": (True, False), "+ pooled-map reuse": (True, True)}
+
+
+def measure(train: bool, batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,))
+    base = create_model("scalenet50")
+    models = {"resnet50": torchvision.models.resnet50()}
+    for name, (fast, reuse) in VARIANTS.items():
+        models[f"scalenet50 {name}"] = variant(base if train else fuse(base), fast, reuse)
+    runners = {}
+    for name, model in models.items():
+        model = model.to(memory_format=torch.channels_last)
+        if train:
+            model.train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            def run(model=model, opt=opt):
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        else:
+            model.eval()
+
+            def run(model=model):
+                with torch.inference_mode():
+                    model(x)
+        run()
+        runners[name] = run
+    times = {k: [] for k in runners}
+    for r in range(repeats):
+        for name, run in runners.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+        print(f"  round {r + 1}/{repeats}", file=sys.stderr, end="\r")
+    ref = statistics.median(times["resnet50"])
+    return {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v),
+                "ratio_to_resnet50": statistics.median(v) / ref} for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--no-memory", action="store_true")
+    args = ap.parse_args()
+    result = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "batch_size": args.batch_size,
+              "repeats": args.repeats, "layout": "channels_last", "mode": "eager, fp32"}
+    result["train"] = measure(True, args.batch_size, args.repeats)
+    result["inference (fused)"] = measure(False, args.batch_size, args.repeats)
+    if not args.no_memory:
+        result["train_peak_mb"] = {
+            "resnet50": peak_step_memory_mb("resnet50", args.batch_size),
+            "scalenet50 paper": peak_step_memory_mb("scalenet50", args.batch_size, fast=False),
+            "scalenet50 + pooled-map reuse": peak_step_memory_mb("scalenet50", args.batch_size, fast=True),
+        }
+    lines = [f"SA-block rewrites on {result['device']}, batch {args.batch_size}, 224x224, channels_last, eager fp32, "
+             f"median of {args.repeats} interleaved repeats (`python benchmarks/fast_path.py`)", "",
+             "| model | train step ms | vs ResNet-50 | fused inference ms | vs ResNet-50 |", "|---|---:|---:|---:|---:|"]
+    for name in result["train"]:
+        t, i = result["train"][name], result["inference (fused)"][name]
+        lines.append(f"| {name} | {t['median_ms']:.0f} | {t['ratio_to_resnet50']:.3f}x | {i['median_ms']:.0f} | "
+                     f"{i['ratio_to_resnet50']:.3f}x |")
+    if "train_peak_mb" in result:
+        lines += ["", "Peak memory of a training step above the built model (RSS, one fresh process each):", ""]
+        lines += [f"- {k}: {v:.0f} MB" for k, v in result["train_peak_mb"].items()]
+    slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    out = Path(__file__).parent / "results"
+    atomic_write_text(out / f"fast-path-{slug}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / f"fast-path-{slug}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
