@@ -180,6 +180,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_state(model: nn.Module, optimizer, scheduler, scaler) -> dict[str, Any]:
+    """What a checkpoint needs to continue a run exactly (with the epoch, which callers add)."""
+    return {
+        "version": 1,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(),
+    }
+
+
+def restore_training_state(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler) -> None:
+    """The inverse of :func:`training_state`."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -327,12 +349,7 @@ def train(
         saved = Structure.from_json(ckpt["structure"], source=f"{run / 'last.pt'} (structure)")
         if saved.rows != structure.rows or saved.layers != structure.layers or saved.scales != structure.scales:
             raise ValueError(f"{run / 'last.pt'} holds a different structure than --model; resume with the same model")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        restore_training_state(ckpt, model, optimizer, scheduler, scaler)
         start_epoch, best_top1 = int(ckpt["epoch"]), float(ckpt["best_top1"])
         metrics = _read_metrics(run / "metrics.jsonl", upto=start_epoch)
 
@@ -419,13 +436,8 @@ def train(
             if run is not None and d.main:
                 ckpt = {
                     "format": CHECKPOINT_FORMAT,
-                    "version": 1,
                     "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": _rng_state(),
+                    **training_state(model, optimizer, scheduler, scaler),
                     "structure": structure.to_json(),
                     "num_classes": data.num_classes,
                     "in_chans": data.in_chans,

@@ -33,9 +33,9 @@ from ..engine import (
     _progress,
     _read_metrics,
     _rewrite_metrics,
-    _rng_state,
-    _set_rng_state,
+    restore_training_state,
     setup_distributed,
+    training_state,
 )
 from ..factory import resolve_structure
 from ..fileio import atomic_write
@@ -192,12 +192,7 @@ def train_detector(
         saved = Structure.from_json(ckpt["detector"]["structure"], source=f"{run / 'last.pt'} (structure)")
         if saved.rows != structure.rows or saved.layers != structure.layers or ckpt["detector"]["num_classes"] != num_classes:
             raise ValueError(f"{run / 'last.pt'} holds a different backbone or class count; resume with the same --backbone and data")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        restore_training_state(ckpt, model, optimizer, scheduler, scaler)
         start_epoch, best_ap = int(ckpt["epoch"]), float(ckpt["best_ap"])
         metrics = _read_metrics(run / "metrics.jsonl", upto=start_epoch)
     if d.main:
@@ -265,13 +260,8 @@ def train_detector(
                   f"{record['images_per_s']:.1f} img/s, {record['seconds']:.1f} s", flush=True)
             ckpt = {
                 "format": CHECKPOINT_FORMAT,
-                "version": 1,
                 "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
+                **training_state(model, optimizer, scheduler, scaler),
                 "detector": {
                     "structure": structure.to_json(),
                     "num_classes": num_classes,
