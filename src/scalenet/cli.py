@@ -500,10 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        print(f"scalenet: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ImportError as e:  # an optional dependency (pycocotools, onnxruntime); the message says what to install
+    # ImportError: a missing optional dependency (pycocotools, onnxruntime); the message says what to install
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, ImportError) as e:
         print(f"scalenet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

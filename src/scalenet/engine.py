@@ -202,6 +202,22 @@ def restore_training_state(ckpt: dict[str, Any], model: nn.Module, optimizer, sc
     _set_rng_state(ckpt["rng"])
 
 
+def _kept(run: Path | None, epoch: int) -> str:
+    return f"{run / 'last.pt'} (epoch {epoch}) is kept" if run is not None and epoch > 0 else "nothing was saved"
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler, scheduler, *, where: str, kept: str, advice: str) -> None:
+    """Backward and one (AMP-scaled) SGD step with the per-iteration LR update; a NaN or inf loss
+    stops the run with a :class:`TrainingError` saying where, what is kept and what to try."""
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss became {float(loss.detach())} at {where}; {kept}; {advice}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -388,17 +404,8 @@ def train(
                     loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
                 if sa_gammas:
                     loss = loss + cfg.sparsity * sum(g.abs().sum() for g in sa_gammas)
-                if not torch.isfinite(loss):
-                    kept = f"{run / 'last.pt'} (epoch {epoch}) is kept" if run is not None and epoch > 0 else "nothing was saved"
-                    raise TrainingError(
-                        f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; {kept}; "
-                        f"lower --lr (now {cfg.lr}) or add --warmup"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                optimizer_step(loss, optimizer, scaler, scheduler, where=f"epoch {epoch + 1}, step {step + 1}",
+                               kept=_kept(run, epoch), advice=f"lower --lr (now {cfg.lr}) or add --warmup")
                 loss_sum += float(loss.detach()) * len(y)
                 seen += len(y)
                 if hasattr(bar, "set_postfix"):

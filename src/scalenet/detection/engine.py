@@ -25,14 +25,16 @@ from torch import nn
 from ..checkpoint import CheckpointError, read_state_dict
 from ..engine import (
     Dist,
-    TrainingError,
     _all_reduce,
     _append_metrics,
     _autocast,
+    _kept,
     _prepare_run_dir,
     _progress,
     _read_metrics,
     _rewrite_metrics,
+    _unwrap,
+    optimizer_step,
     restore_training_state,
     setup_distributed,
     training_state,
@@ -139,9 +141,6 @@ def evaluate_detector(
     return stats, results
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
 
 def train_detector(
     dataset: CocoDetection,
@@ -219,17 +218,8 @@ def train_detector(
             with _autocast(d.device, cfg.amp):
                 losses = net(images, targets)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                kept = f"{run / 'last.pt'} (epoch {epoch}) is kept" if epoch > 0 else "nothing was saved"
-                raise TrainingError(
-                    f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; {kept}; "
-                    f"lower --lr (now {cfg.lr}) or lengthen --warmup-iters"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            optimizer_step(loss, optimizer, scaler, scheduler, where=f"epoch {epoch + 1}, step {step + 1}",
+                           kept=_kept(run, epoch), advice=f"lower --lr (now {cfg.lr}) or lengthen --warmup-iters")
             n = len(images)
             sums["loss"] += float(loss.detach()) * n
             for k in LOSS_KEYS:

@@ -36,10 +36,15 @@ def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     so bilinear.
     """
     h, w = int(size[0]), int(size[1])
-    ph, pw = x.shape[-2:]
-    if h % ph == 0 and w % pw == 0:
+    if replicates(x.shape[-2:], (h, w)):
         return F.interpolate(x, size=(h, w), mode="nearest")
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def replicates(small: Sequence[int], size: Sequence[int]) -> bool:
+    """Whether upsampling ``small`` to ``size`` is an exact replication (integer factors): then
+    :func:`upsample_to` is nearest, and BN and ReLU may run before it."""
+    return size[0] % small[0] == 0 and size[1] % small[1] == 0
 
 
 class SABottleneck(nn.Module):
@@ -121,7 +126,7 @@ class SABottleneck(nn.Module):
             p = pooled[scale] = F.max_pool2d(pooled[source], step, step)
             y = conv(p)
             ph, pw = y.shape[-2:]
-            if h % ph == 0 and w % pw == 0:
+            if replicates((ph, pw), (h, w)):
                 y = F.relu(replicated_bn(bn, y, (h // ph) * (w // pw)))
                 branches.append(F.interpolate(y, size=(h, w), mode="nearest"))
             elif not (isinstance(bn, nn.BatchNorm2d) and bn.training):  # eval/folded: an affine map
