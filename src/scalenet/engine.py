@@ -202,6 +202,13 @@ def restore_training_state(ckpt: dict[str, Any], model: nn.Module, optimizer, sc
     _set_rng_state(ckpt["rng"])
 
 
+def seed_all(seed: int) -> None:
+    """Seeds torch, Python's and NumPy's generators (a run's starting point)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def _kept(run: Path | None, epoch: int) -> str:
     return f"{run / 'last.pt'} (epoch {epoch}) is kept" if run is not None and epoch > 0 else "nothing was saved"
 
@@ -338,9 +345,7 @@ def train(
     if d.enabled:
         dist.barrier()
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_all(cfg.seed)
     model = create_model(structure, num_classes=data.num_classes, in_chans=data.in_chans).to(d.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

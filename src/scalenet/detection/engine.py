@@ -11,13 +11,11 @@
 from __future__ import annotations
 
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -36,6 +34,7 @@ from ..engine import (
     _unwrap,
     optimizer_step,
     restore_training_state,
+    seed_all,
     setup_distributed,
     training_state,
 )
@@ -159,9 +158,7 @@ def train_detector(
         _prepare_run_dir(run, resume)
     if d.enabled:
         dist.barrier()
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_all(cfg.seed)
     num_classes = dataset.num_classes
     model = _build(structure, num_classes, cfg, with_weights=not resume).to(d.device)
     if d.main and cfg.backbone_checkpoint is None and cfg.norm == "frozen" and not resume:
