@@ -43,3 +43,24 @@ def test_cpu_training_rows_have_throughput_and_peak_memory():
 def test_cuda_graphs_need_cuda(capsys):
     assert main(["bench", "--cuda-graphs", "--no-onnx"]) == 2
     assert "--cuda-graphs needs --device cuda" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_compile_freezes_inference_only(monkeypatch, train):
+    """Inference compiles every model with inductor's freezing (the deployment setting); a
+    training step cannot freeze its weights, so it compiles plainly."""
+    import torch
+
+    calls = []
+
+    def fake_compile(model, **kwargs):  # records the request, runs the model eagerly
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = run_bench(batch_size=1, image_size=224, repeats=1, warmup=1, compile=True, train=train, onnx=False,
+                       progress=False, models=["scalenet50_light" if train else "scalenet50_light (fused)"])
+    assert len(calls) == 2  # ResNet-50 and the ScaleNet, alike
+    assert all(c == ({} if train else {"options": {"freezing": True}}) for c in calls)
+    assert result["freezing"] is (not train)
+    assert ("torch.compile (freezing)" in format_table(result)) is (not train)

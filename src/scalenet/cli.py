@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--image-size", type=_positive_int, default=224)
     p.add_argument("--repeats", type=_positive_int, default=10, help="interleaved rounds (median and min reported)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model (inference: inductor with freezing)")
     p.add_argument("--cuda-graphs", action="store_true", help="torch.compile with CUDA graphs (mode reduce-overhead; CUDA only)")
     p.add_argument("--train", action="store_true", help="training steps (forward + backward + SGD) instead of inference")
     p.add_argument("--channels-first", action="store_true", help="NCHW instead of channels_last")
