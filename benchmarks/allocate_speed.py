@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scalenet.bench import device_name
+from scalenet.bench import device_name, device_slug
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         "device": f"CPU: {cpu}",
         "torch": torch.__version__,
     }
-    slug = "".join(ch if ch.isalnum() else "-" for ch in cpu.lower()).strip("-")
+    slug = device_slug(cpu)
     path = Path(__file__).parent / "results" / f"allocate-{slug}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

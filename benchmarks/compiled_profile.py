@@ -24,7 +24,7 @@ import torchvision
 from torch.profiler import ProfilerActivity, profile
 
 from scalenet import create_model, fuse
-from scalenet.bench import device_name
+from scalenet.bench import device_name, device_slug
 from scalenet.fileio import atomic_write_text
 
 
@@ -114,8 +114,7 @@ def main() -> None:
     lines += ["", "GMACs per batch, from each conv's output shape; GMAC/s = GMACs / self time."]
     text = "\n".join(lines) + "\n"
     print(text)
-    slug = "-".join("".join(ch if ch.isalnum() else " " for ch in device_name(torch.device("cpu")).lower()).split())
-    out = Path(__file__).resolve().parent / "results" / f"compiled-profile-{slug}.md"
+    out = Path(__file__).resolve().parent / "results" / f"compiled-profile-{device_slug(device_name(torch.device('cpu')))}.md"
     atomic_write_text(out, text)
     print(f"wrote {out}")
 

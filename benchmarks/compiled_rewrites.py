@@ -36,7 +36,7 @@ import torchvision
 from torch import nn
 
 from scalenet import create_model, fuse
-from scalenet.bench import device_name
+from scalenet.bench import device_name, device_slug
 from scalenet.models.scalenet import SABottleneck, replicates, upsample_to
 
 
@@ -159,8 +159,7 @@ def main() -> None:
         lines.append(f"| {name} | {1e3 * statistics.median(ts):.0f} | {statistics.median(ts) / base:.3f}x | {diff} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    slug = "-".join("".join(ch if ch.isalnum() else " " for ch in device_name(torch.device("cpu")).lower()).split())
-    out = Path(__file__).resolve().parent / "results" / f"compiled-rewrites-{slug}.md"
+    out = Path(__file__).resolve().parent / "results" / f"compiled-rewrites-{device_slug(device_name(torch.device('cpu')))}.md"
     with open(out, "a") as f:  # one section per mode
         f.write(("\n" if out.exists() and out.stat().st_size else "") + text)
     print(f"appended to {out}")

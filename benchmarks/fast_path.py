@@ -27,7 +27,7 @@ import torchvision
 from torch import nn
 
 from scalenet import create_model, fuse
-from scalenet.bench import device_name, peak_step_memory_mb
+from scalenet.bench import device_name, device_slug, peak_step_memory_mb
 from scalenet.fileio import atomic_write_text
 from scalenet.models.scalenet import SABottleneck
 
@@ -109,9 +109,7 @@ def main() -> None:
     if "train_peak_mb" in result:
         lines += ["", "Peak memory of a training step above the built model (RSS, one fresh process each):", ""]
         lines += [f"- {k}: {v:.0f} MB" for k, v in result["train_peak_mb"].items()]
-    slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
-    while "--" in slug:
-        slug = slug.replace("--", "-")
+    slug = device_slug(result["device"])
     out = Path(__file__).parent / "results"
     atomic_write_text(out / f"fast-path-{slug}.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / f"fast-path-{slug}.md", "\n".join(lines) + "\n")

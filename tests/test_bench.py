@@ -64,3 +64,15 @@ def test_compile_freezes_inference_only(monkeypatch, train):
     assert all(c == ({} if train else {"options": {"freezing": True}}) for c in calls)
     assert result["freezing"] is (not train)
     assert ("torch.compile (freezing)" in format_table(result)) is (not train)
+
+
+def test_result_files_are_named_after_the_device(tmp_path):
+    from scalenet.bench import device_slug
+
+    assert device_slug("AMD EPYC (2 threads)") == "amd-epyc-2-threads"
+    assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    result = {"device": "AMD EPYC (2 threads)", "mode": "inference", "batch_size": 16, "image_size": 224,
+              "repeats": 1, "compile": True, "freezing": True, "cuda_graphs": False, "channels_last": True,
+              "precision": "fp32", "models": {}}
+    js, md = save_results(result, tmp_path)
+    assert js.name == "bench-amd-epyc-2-threads-inference-b16-compile.json" and md.suffix == ".md"

@@ -26,7 +26,7 @@ from .factory import create_model
 from .fileio import atomic_write_text
 from .fuse import fuse
 
-__all__ = ["peer_models", "run_bench", "format_table", "device_name", "peak_step_memory_mb"]
+__all__ = ["peer_models", "run_bench", "format_table", "device_name", "device_slug", "peak_step_memory_mb"]
 
 
 def _fold_bn(model: nn.Module) -> nn.Module:
@@ -66,6 +66,11 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(name: str) -> str:
+    """A device name as a file-name part: ``AMD EPYC (2 threads)`` -> ``amd-epyc-2-threads``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _count(model: nn.Module, image_size: int) -> tuple[int, int]:
@@ -251,7 +256,7 @@ def _compile_label(result: dict[str, Any]) -> str:
 
 
 def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-")
+    slug = device_slug(result["device"])
     variant = "-cudagraphs" if result.get("cuda_graphs") else "-compile" if result["compile"] else ""
     stem = f"bench-{slug}-{result['mode']}-b{result['batch_size']}{variant}"
     out = Path(out_dir)
