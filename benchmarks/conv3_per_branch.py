@@ -8,6 +8,8 @@ Blocks of stages 1 and 2 of a fused ScaleNet-50 (every branch nearest there), ba
 channels_last, eager, median of 15 interleaved repeats.
 
     python benchmarks/conv3_per_branch.py
+
+Both forms use plain ops (``F.conv2d``, ``F.relu``).
 """
 
 import statistics
@@ -31,15 +33,23 @@ def main() -> None:
         x = torch.relu(torch.randn(16, blk.conv1.out_channels, side, side)).contiguous(memory_format=torch.channels_last)
         weight, bias = blk.conv3.weight, blk.conv3.bias
 
+        def branch(key, conv):  # a folded branch conv and its ReLU, at the branch's resolution, plain ops
+            s = blk.scales[int(key)]
+            return s, F.relu(F.conv2d(F.max_pool2d(x, s, s) if s > 1 else x, conv.weight, conv.bias, padding=conv.padding))
+
         def concat():
-            return blk.conv3(blk.scale_aggregation_fast(x))
+            maps = []
+            for key, conv in blk.conv2.items():
+                s, b = branch(key, conv)
+                maps.append(F.interpolate(b, size=(side, side), mode="nearest") if s > 1 else b)
+            return F.conv2d(torch.cat(maps, 1), weight, bias)
 
         def per_branch():
             out, start = None, 0
             for key, conv in blk.conv2.items():
-                s, c = blk.scales[int(key)], conv.out_channels
-                branch = F.relu(conv(F.max_pool2d(x, s, s) if s > 1 else x))
-                z = F.conv2d(branch, weight[:, start:start + c])
+                s, b = branch(key, conv)
+                c = conv.out_channels
+                z = F.conv2d(b, weight[:, start:start + c])
                 start += c
                 if s > 1:
                     z = F.interpolate(z, size=(side, side), mode="nearest")

@@ -1,8 +1,11 @@
+import copy
+import warnings
+
 import pytest
 import torch
 
 import scalenet
-from scalenet.fuse import fold_bn, fuse
+from scalenet.fuse import FusedConv2d, fold_bn, fuse
 from scalenet.models import upsample_to
 
 from conftest import PUBLISHED
@@ -40,3 +43,54 @@ def test_fused_model_is_inference_only(tiny):
     fused.train()
     with pytest.raises(RuntimeError, match="inference-only"):
         fused(torch.randn(1, 3, 14, 14))
+
+
+def _plain(conv, x, residual=None, act=False):
+    y = torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y = y + residual if residual is not None else y
+    return torch.relu(y) if act else y
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel, stride", [(1, 1), (3, 1), (7, 2)])
+def test_fused_conv_applies_bias_residual_and_relu(channels_last, kernel, stride):
+    """The fused conv (oneDNN on this CPU) computes relu?(conv(x) + b + residual?), for every
+    batch and image size after its weights were packed for the first one."""
+    conv = FusedConv2d(6, 10, kernel, stride, kernel // 2)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        for shape in [(2, 6, 16, 16), (5, 6, 9, 13), (1, 6, 16, 16)]:
+            x = torch.randn(shape).contiguous(memory_format=fmt)
+            residual = torch.randn_like(_plain(conv, x)).contiguous(memory_format=fmt)
+            assert close(conv(x), _plain(conv, x), 1e-5)
+            assert close(conv(x, act=True), _plain(conv, x, act=True), 1e-5)
+            assert close(conv(x, residual, act=True), _plain(conv, x, residual, act=True), 1e-5)
+            assert close(conv(x, residual), _plain(conv, x, residual), 1e-5)
+
+
+def test_fused_conv_repacks_after_its_weights_change():
+    conv = FusedConv2d(4, 8, 3, padding=1, act=True)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        conv(x)  # packs the current weights
+        conv.load_state_dict({"weight": torch.randn(8, 4, 3, 3), "bias": torch.randn(8)})
+        assert close(conv(x), _plain(conv, x, act=True), 1e-5)
+        conv.weight.mul_(2)
+        assert close(conv(x), _plain(conv, x, act=True), 1e-5)
+        assert close(conv.double()(x.double()), _plain(conv, x.double(), act=True), 1e-12)
+
+
+def test_used_fused_model_copies_pickles_and_exports_plain_ops(tiny, tmp_path):
+    model = _init_randomly(scalenet.create_model(tiny)).eval()
+    fused = fuse(model)
+    x = torch.randn(2, 3, 14, 14)
+    with torch.no_grad():
+        expected = fused(x)  # packs every conv
+        assert close(copy.deepcopy(fused)(x), expected, 1e-6)
+        torch.save(fused, tmp_path / "fused.pt")
+        assert close(torch.load(tmp_path / "fused.pt", weights_only=False)(x), expected, 1e-6)
+        # tracing (as the ONNX exporter does) records plain convs, adds and ReLUs
+        with warnings.catch_warnings():  # spatial sizes become constants: expected, as in export
+            warnings.simplefilter("ignore")
+            graph = str(torch.jit.trace(fused, x).inlined_graph)
+    assert "aten::_convolution" in graph and "mkldnn" not in graph

@@ -24,7 +24,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..structure import BlockSpec, Structure, published_names, stem_reduction
 
-__all__ = ["SABottleneck", "ScaleNet", "upsample_to", "replicated_bn", "set_fast_path", "checkpoint_filter_fn"]
+__all__ = [
+    "SABottleneck", "ScaleNet", "upsample_to", "replicates", "pool_pyramid", "replicated_bn", "set_fast_path",
+    "checkpoint_filter_fn",
+]
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -121,10 +124,7 @@ class SABottleneck(nn.Module):
             if scale == 1:
                 branches.append(F.relu(bn(conv(x))))
                 continue
-            source = max(f for f in pooled if scale % f == 0) if self.reuse_pooled else 1
-            step = scale // source
-            p = pooled[scale] = F.max_pool2d(pooled[source], step, step)
-            y = conv(p)
+            y = conv(pool_pyramid(pooled, scale, self.reuse_pooled))
             ph, pw = y.shape[-2:]
             if replicates((ph, pw), (h, w)):
                 y = F.relu(replicated_bn(bn, y, (h // ph) * (w // pw)))
@@ -147,6 +147,17 @@ class SABottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         out += shortcut  # in place, as torchvision's ResNet: a fresh full-size tensor per block costs page faults
         return self.act3(out)
+
+
+def pool_pyramid(pooled: dict[int, torch.Tensor], scale: int, reuse: bool = True) -> torch.Tensor:
+    """Max-pools by ``scale`` (kernel = stride) and stores the result in ``pooled`` (factor ->
+    map; ``pooled[1]`` is the input). With ``reuse``, it pools the coarsest map already there
+    whose factor divides ``scale``: pooling by ``a*b`` equals pooling by ``a`` then ``b``, as
+    the floors and windows nest."""
+    source = max(f for f in pooled if scale % f == 0) if reuse else 1
+    step = scale // source
+    p = pooled[scale] = F.max_pool2d(pooled[source], step, step)
+    return p
 
 
 def replicated_bn(bn: nn.Module, y: torch.Tensor, replicas: int) -> torch.Tensor:
