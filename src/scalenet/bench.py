@@ -100,8 +100,9 @@ def run_bench(
     cuda_graphs: bool = False,
 ) -> dict[str, Any]:
     """One interleaved run of the peers. ``compile`` uses inductor, with freezing for inference;
-    ``cuda_graphs`` compiles with ``mode="reduce-overhead"`` (CUDA graphs). On CPU, ``train=True`` also measures each model's peak step memory in a
-    fresh process (:func:`peak_step_memory_mb`)."""
+    ``cuda_graphs`` compiles with ``mode="reduce-overhead"`` (CUDA graphs). On CPU,
+    ``train=True`` also measures each model's peak step memory in a fresh process
+    (:func:`peak_step_memory_mb`)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
@@ -114,6 +115,9 @@ def run_bench(
             raise ValueError(f"unknown bench model(s) {', '.join(unknown)}; choose from {', '.join(builders)}")
         builders = {k: v for k, v in builders.items() if k in models or k == "resnet50"}
     amp_dtype = torch.float16 if dev.type == "cuda" else None
+    # inference compiles with inductor's freezing (weights become constants: BN folding, oneDNN
+    # weight prepacking on CPU), the setting for deployment, for every model alike
+    freezing = compile and not cuda_graphs and not train
     rows: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[], None]] = {}
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
@@ -130,9 +134,7 @@ def run_bench(
         if cuda_graphs:
             net = torch.compile(model, mode="reduce-overhead")
         elif compile:
-            # inference compiles with inductor's freezing (weights become constants: BN folding,
-            # oneDNN weight prepacking on CPU), the setting for deployment, for every model alike
-            net = torch.compile(model, options={"freezing": True}) if not train else torch.compile(model)
+            net = torch.compile(model, options={"freezing": True}) if freezing else torch.compile(model)
         else:
             net = model
         if train:
@@ -196,7 +198,7 @@ def run_bench(
         "image_size": image_size,
         "repeats": repeats,
         "compile": compile or cuda_graphs,
-        "freezing": compile and not cuda_graphs and not train,
+        "freezing": freezing,
         "cuda_graphs": cuda_graphs,
         "channels_last": channels_last,
         "precision": "fp16 autocast" if amp_dtype is not None else "fp32",

@@ -129,7 +129,7 @@ class SABottleneck(nn.Module):
             if replicates((ph, pw), (h, w)):
                 y = F.relu(replicated_bn(bn, y, (h // ph) * (w // pw)))
                 branches.append(F.interpolate(y, size=(h, w), mode="nearest"))
-            elif not (isinstance(bn, nn.BatchNorm2d) and bn.training):  # eval/folded: an affine map
+            elif not (isinstance(bn, nn.BatchNorm2d) and bn.training):  # eval or frozen: an affine map
                 branches.append(F.relu(upsample_to(bn(y), (h, w))))
             else:
                 branches.append(F.relu(bn(upsample_to(y, (h, w)))))
@@ -169,7 +169,7 @@ def replicated_bn(bn: nn.Module, y: torch.Tensor, replicas: int) -> torch.Tensor
     ``n`` is the replicated map's pixel count: that update is done here, not by ``F.batch_norm``.
     """
     if not isinstance(bn, nn.BatchNorm2d) or not bn.training or replicas == 1:
-        return bn(y)  # eval, folded (Identity), or nothing replicated
+        return bn(y)  # eval, frozen (FrozenBatchNorm2d), or nothing replicated
     if y.numel() == y.shape[1]:
         # one value per channel: F.batch_norm refuses it, the replicated map has `replicas` equal
         # values (variance 0), so the normalised map is 0 and the output is the bias
