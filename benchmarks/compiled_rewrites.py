@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -40,7 +38,8 @@ from torch import nn
 from scalenet import create_model, fuse
 from scalenet.bench import device_name, device_slug
 from scalenet.fuse import FusedSABottleneck
-from scalenet.models.scalenet import replicates, upsample_to
+from scalenet.models.scalenet import branch_input, replicates, upsample_to
+from scalenet.timing import interleaved, summarize
 
 
 @torch.no_grad()
@@ -65,7 +64,7 @@ class RewrittenBlock(nn.Module):
         for key, conv in block.conv2.items():
             scale, c = block.scales[int(key)], conv.out_channels
             pooled = side // scale
-            kind = "full" if scale == 1 else "nearest" if replicates((pooled, pooled), (side, side)) else "bilinear"
+            kind = "full" if scale == 1 else "nearest" if replicates([pooled, pooled], [side, side]) else "bilinear"
             extra = (-c) % 8 if pad8 else 0
             self.conv2[key] = _padded(conv, extra)
             w = block.conv3.weight[:, start : start + c]
@@ -93,13 +92,11 @@ class RewrittenBlock(nn.Module):
         h, w = a.shape[-2:]
         pooled, full = {1: a}, []
         for key, scale, c, kind in self.branches:
+            p, _ = branch_input(a, pooled, scale)
             conv = self.conv2[key]
-            if scale == 1:
-                full.append(F.relu(conv(a))[:, :c])
-                continue
-            source = max(f for f in pooled if scale % f == 0)
-            p = pooled[scale] = F.max_pool2d(pooled[source], scale // source)
-            if kind == "bilinear":
+            if kind == "full":
+                full.append(F.relu(conv(p))[:, :c])
+            elif kind == "bilinear":
                 full.append(F.relu(upsample_to(conv(p)[:, :c], (h, w))))
             elif kind == "nearest":
                 full.append(F.interpolate(F.relu(conv(p))[:, :c], size=(h, w), mode="nearest"))
@@ -143,13 +140,7 @@ def main() -> None:
             if name != "resnet50":
                 diffs[name] = ((y - reference).abs().max() / reference.abs().max()).item()
             runners[name] = net
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(args.repeats):
-            for name, net in runners.items():
-                t = time.perf_counter()
-                net(x)
-                times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["resnet50"])
+        times = summarize(interleaved(runners, args.repeats, warmup=0), "resnet50")
     lines = [
         f"{args.mode}{' (inductor, freezing)' if args.mode == 'compile' else ''} on {device_name(torch.device('cpu'))}, "
         f"batch 16, 224x224, fp32, channels_last, median of {args.repeats} interleaved repeats",
@@ -157,9 +148,9 @@ def main() -> None:
         "| model | median ms | vs ResNet-50 | max rel. diff to fused |",
         "|---|---:|---:|---:|",
     ]
-    for name, ts in times.items():
+    for name, t in times.items():
         diff = f"{diffs[name]:.1e}" if name in diffs else ""
-        lines.append(f"| {name} | {1e3 * statistics.median(ts):.0f} | {statistics.median(ts) / base:.3f}x | {diff} |")
+        lines.append(f"| {name} | {t['median_ms']:.0f} | {t['ratio_to_resnet50']:.3f}x | {diff} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(__file__).resolve().parent / "results" / f"compiled-rewrites-{device_slug(device_name(torch.device('cpu')))}.md"

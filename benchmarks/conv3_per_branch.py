@@ -12,14 +12,12 @@ channels_last, eager, median of 15 interleaved repeats.
 Both forms use plain ops (``F.conv2d``, ``F.relu``).
 """
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
 from scalenet import create_model, fuse
 from scalenet.bench import device_name
+from scalenet.timing import interleaved, summarize
 
 
 def main() -> None:
@@ -58,13 +56,8 @@ def main() -> None:
 
         with torch.inference_mode():
             diff = (concat() - per_branch()).abs().max().item()
-            times = {"concat": [], "per_branch": []}
-            for _ in range(15):
-                for name, f in (("concat", concat), ("per_branch", per_branch)):
-                    t = time.perf_counter()
-                    f()
-                    times[name].append(time.perf_counter() - t)
-        a, b = (1e3 * statistics.median(times[k]) for k in ("concat", "per_branch"))
+            ms = summarize(interleaved({"concat": concat, "per_branch": per_branch}, 15, warmup=0))
+        a, b = ms["concat"]["median_ms"], ms["per_branch"]["median_ms"]
         print(f"| {stage}.1 | {side} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {diff:.1e} |")
 
 

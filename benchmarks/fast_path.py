@@ -10,9 +10,9 @@ channels_last, eager, median of interleaved repeats, against torchvision's ResNe
     python benchmarks/fast_path.py [--repeats 30] [--batch-size 16]
 
 Writes benchmarks/results/fast-path-<device>.json and .md. Inference runs the eval-mode
-models (BNs not folded): ``scalenet.fuse`` always builds the fast form. The committed results
-(commit c2db467) ran that column on fused models, when ``fuse`` still kept the switch; the
-three rows agreed within noise there.
+models (BNs not folded). The first two forms exist only here: the library ships the third.
+The committed results (commit c2db467) ran the inference column on fused models, when
+``fuse`` still kept a switch for the forms; the three rows agreed within noise there.
 """
 
 from __future__ import annotations
@@ -20,30 +20,62 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import sys
-import time
+import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+import scalenet.models.scalenet as sa
 from scalenet import create_model
 from scalenet.bench import device_name, device_slug, peak_step_memory_mb
 from scalenet.fileio import atomic_write_text
-from scalenet.models.scalenet import SABottleneck
+from scalenet.timing import interleaved, summarize
 
 
-def variant(model: nn.Module, fast: bool, reuse_pooled: bool) -> nn.Module:
+def _paper_aggregate(block: sa.SABottleneck, x: torch.Tensor) -> torch.Tensor:
+    """The straightforward form: pool, conv, upsample, BN, concatenate, ReLU."""
+    size = [x.shape[-2], x.shape[-1]]
+    branches = []
+    for (key, conv), scale in zip(block.conv2.items(), block.branch_scales):
+        y = conv(x) if scale == 1 else sa.upsample_to(conv(F.max_pool2d(x, scale, scale)), size)
+        branches.append(block.bn2[key](y))
+    return F.relu(torch.cat(branches, dim=1))
+
+
+def _direct_branch_input(x: torch.Tensor, pooled, scale: int):
+    return sa.branch_input(x, {1: x}, scale)  # pools the block input, whatever was pooled before
+
+
+def _aggregate_without_reuse(block: sa.SABottleneck, x: torch.Tensor) -> torch.Tensor:
+    """The library's block with every pooled map pooled from the input (no x4-from-x2 reuse)."""
+    shipped = sa.branch_input
+    sa.branch_input = _direct_branch_input
+    try:
+        return sa.SABottleneck.aggregate(block, x)
+    finally:
+        sa.branch_input = shipped
+
+
+def _with_aggregate(model: nn.Module, aggregate) -> nn.Module:
     model = copy.deepcopy(model)
     for m in model.modules():
-        if isinstance(m, SABottleneck):
-            m.fast, m.reuse_pooled = fast, reuse_pooled
+        if isinstance(m, sa.SABottleneck):
+            m.aggregate = types.MethodType(aggregate, m)
     return model
 
 
-VARIANTS = {"paper": (False, False), "+ low-res BN/ReLU": (True, False), "+ pooled-map reuse": (True, True)}
+def paper_form(model: nn.Module) -> nn.Module:
+    return _with_aggregate(model, _paper_aggregate)
+
+
+VARIANTS = {
+    "paper": paper_form,
+    "+ low-res BN/ReLU": lambda model: _with_aggregate(model, _aggregate_without_reuse),
+    "+ pooled-map reuse": copy.deepcopy,  # the library's block
+}
 
 
 def measure(train: bool, batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -52,8 +84,8 @@ def measure(train: bool, batch_size: int, repeats: int) -> dict[str, dict[str, f
     y = torch.randint(0, 1000, (batch_size,))
     base = create_model("scalenet50")
     models = {"resnet50": torchvision.models.resnet50()}
-    for name, (fast, reuse) in VARIANTS.items():
-        models[f"scalenet50 {name}"] = variant(base, fast, reuse)
+    for name, make in VARIANTS.items():
+        models[f"scalenet50 {name}"] = make(base)
     runners = {}
     for name, model in models.items():
         model = model.to(memory_format=torch.channels_last)
@@ -72,18 +104,9 @@ def measure(train: bool, batch_size: int, repeats: int) -> dict[str, dict[str, f
             def run(model=model):
                 with torch.inference_mode():
                     model(x)
-        run()
         runners[name] = run
-    times = {k: [] for k in runners}
-    for r in range(repeats):
-        for name, run in runners.items():
-            t = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t)
-        print(f"  round {r + 1}/{repeats}", file=sys.stderr, end="\r")
-    ref = statistics.median(times["resnet50"])
-    return {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v),
-                "ratio_to_resnet50": statistics.median(v) / ref} for k, v in times.items()}
+    times = interleaved(runners, repeats, warmup=1, progress="train" if train else "inference")
+    return summarize(times, "resnet50")
 
 
 def main() -> None:
@@ -99,8 +122,8 @@ def main() -> None:
     if not args.no_memory:
         result["train_peak_mb"] = {
             "resnet50": peak_step_memory_mb("resnet50", args.batch_size),
-            "scalenet50 paper": peak_step_memory_mb("scalenet50", args.batch_size, fast=False),
-            "scalenet50 + pooled-map reuse": peak_step_memory_mb("scalenet50", args.batch_size, fast=True),
+            "scalenet50 paper": peak_step_memory_mb("scalenet50", args.batch_size, variant=f"{__file__}:paper_form"),
+            "scalenet50 + pooled-map reuse": peak_step_memory_mb("scalenet50", args.batch_size),
         }
     lines = [f"SA-block rewrites on {result['device']}, batch {args.batch_size}, 224x224, channels_last, eager fp32, "
              f"median of {args.repeats} interleaved repeats (`python benchmarks/fast_path.py`)", "",

@@ -58,3 +58,20 @@ def reference_forward(sd, rows, layers, x, scales=(1, 2, 4, 7), stem="imagenet",
             k += 1
     x = x.mean((2, 3))
     return F.linear(x, sd["fc.weight"], sd["fc.bias"])
+
+
+def reference_train_step(model, structure, x):
+    """One training forward and backward (loss: mean square of the logits) of ``model`` and of
+    :func:`reference_forward` on a copy of its state_dict. Returns the two outputs, a
+    ``{name: (model grad, reference grad)}`` dict and a ``{name: (model buffer, reference
+    buffer)}`` dict for the BN running statistics."""
+    params = dict(model.named_parameters())
+    sd = {k: v.detach().clone().requires_grad_(k in params) for k, v in model.state_dict().items()}
+    out = model.train()(x)
+    ref = reference_forward(sd, structure.rows, structure.layers, x, scales=structure.scales, stem=structure.stem,
+                            training=True)
+    out.square().mean().backward()
+    ref.square().mean().backward()
+    grads = {k: (p.grad, sd[k].grad) for k, p in params.items()}
+    stats = {k: (b, sd[k]) for k, b in model.named_buffers() if k.endswith(("running_mean", "running_var"))}
+    return out, ref, grads, stats

@@ -1,5 +1,6 @@
-"""Each exact rewrite behind the SA block's fast path, proved before it is relied on, and the
-fast block against the paper's formulation (train and eval: outputs, gradients, BN statistics)."""
+"""Each exact rewrite behind the SA block's forward, proved before it is relied on, and whole
+networks against the paper's formulation (tests/reference.py; train and eval: outputs,
+gradients, BN statistics)."""
 
 import copy
 
@@ -9,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scalenet import Structure, create_model, fuse
-from scalenet.models.scalenet import SABottleneck, replicated_bn, set_fast_path
+from scalenet.models.scalenet import BILINEAR, FULL, NEAREST, branch_input, replicated_bn
+
+from reference import reference_forward, reference_train_step
 
 
 # ---------------------------------------------------------------------------- the algebra
@@ -70,32 +73,34 @@ def test_without_the_n_over_n_minus_1_correction_the_running_variance_drifts():
     assert torch.allclose(plain.running_mean, full_bn.running_mean, rtol=1e-12)
 
 
+# ---------------------------------------------------------------------------- the branch iterator
+def test_branch_input_pools_from_the_coarsest_divisor_and_names_the_upsampling():
+    x = torch.randn(2, 3, 14, 14)
+    pooled = {1: x}
+    inputs = [branch_input(x, pooled, s) for s in (1, 2, 4, 7)]
+    assert [mode for _, mode in inputs] == [FULL, NEAREST, BILINEAR, NEAREST]  # 14/7 -> 7, 3, 2
+    assert inputs[0][0] is x and sorted(pooled) == [1, 2, 4, 7]
+    for (p, _), s in zip(inputs, [1, 2, 4, 7]):
+        assert torch.equal(p, F.max_pool2d(x, s, s))
+    # without an x2 map the x4 map pools the input directly, with the same result
+    assert torch.equal(branch_input(x, {1: x}, 4)[0], inputs[2][0])
+
+
 # ---------------------------------------------------------------------------- whole networks
-def _pair(model):
-    fast = set_fast_path(copy.deepcopy(model), True)
-    paper = set_fast_path(copy.deepcopy(model), False)
-    return fast, paper
-
-
 def _rel(a, b):
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-6))  # an all-zero gradient is 0 up to rounding
 
 
-def _check_train_step(model, x, out_tol, grad_tol, buf_tol):
-    fast, paper = _pair(model.train())
-    a, b = fast(x), paper(x)
-    assert _rel(a, b) < out_tol
-    a.square().mean().backward()
-    b.square().mean().backward()
-    for (name, p), q in zip(fast.named_parameters(), paper.parameters()):
-        assert _rel(p.grad, q.grad) < grad_tol, name
-    for (name, u), v in zip(fast.named_buffers(), paper.buffers()):
-        assert _rel(u.double(), v.double()) < buf_tol, name
-
-
-def test_fast_path_is_the_default():
-    assert all(m.fast for m in create_model("scalenet50_light").modules() if isinstance(m, SABottleneck))
+def _check_train_step(model, structure, x, out_tol, grad_tol, buf_tol):
+    """The block's forward against the paper's form, as the independent functional forward in
+    tests/reference.py computes it (pool, conv, upsample, BN, concatenate, ReLU)."""
+    out, ref, grads, stats = reference_train_step(model, structure, x)
+    assert _rel(out, ref) < out_tol
+    for name, (g, g_ref) in grads.items():
+        assert _rel(g, g_ref) < grad_tol, name
+    for name, (b, b_ref) in stats.items():
+        assert _rel(b.double(), b_ref.double()) < buf_tol, name
 
 
 def test_published_model_train_step_matches_the_paper_form_in_float64():
@@ -105,7 +110,7 @@ def test_published_model_train_step_matches_the_paper_form_in_float64():
     torch.manual_seed(0)
     model = create_model("scalenet50_light", num_classes=10).double()
     x = torch.randn(3, 3, 224, 224, dtype=torch.float64)
-    _check_train_step(model, x, out_tol=1e-9, grad_tol=1e-8, buf_tol=1e-9)
+    _check_train_step(model, Structure.published("scalenet50_light"), x, out_tol=1e-9, grad_tol=1e-8, buf_tol=1e-9)
 
 
 def test_small_model_train_step_matches_in_float32():
@@ -114,7 +119,7 @@ def test_small_model_train_step_matches_in_float32():
                                         width=8, image_size=28, name="t")
     model = create_model(structure, num_classes=5)
     x = torch.randn(8, 3, 28, 28)
-    _check_train_step(model, x, out_tol=1e-4, grad_tol=1e-3, buf_tol=1e-5)
+    _check_train_step(model, structure, x, out_tol=1e-4, grad_tol=1e-3, buf_tol=1e-5)
 
 
 def test_one_value_per_channel_in_train_mode_is_handled_like_the_replicated_map():
@@ -124,7 +129,8 @@ def test_one_value_per_channel_in_train_mode_is_handled_like_the_replicated_map(
     structure = Structure.from_channels([[4, 3, 2, 1], [6, 4, 3, 2]], layers=(1, 1), stem="small", width=8,
                                         image_size=14, name="t")
     model = create_model(structure, num_classes=5).double()
-    _check_train_step(model, torch.randn(1, 3, 14, 14, dtype=torch.float64), out_tol=1e-9, grad_tol=1e-8, buf_tol=1e-9)
+    x = torch.randn(1, 3, 14, 14, dtype=torch.float64)
+    _check_train_step(model, structure, x, out_tol=1e-9, grad_tol=1e-8, buf_tol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["scalenet50", "scalenet101"])
@@ -136,24 +142,24 @@ def test_eval_and_fused_outputs_match_the_paper_form(name):
             m.running_var.uniform_(0.5, 2.0)
             m.running_mean.uniform_(-0.1, 0.1)
             m.weight.data.uniform_(0.1, 0.3)
+    structure = Structure.published(name)
     x = torch.randn(2, 3, 224, 224)
-    fast, paper = _pair(model)
     with torch.no_grad():
-        reference = paper(x)
-        assert _rel(fast(x), reference) < 1e-4
-        assert _rel(fuse(fast)(x), reference) < 1e-4
-        assert _rel(fuse(paper)(x), reference) < 1e-4
+        reference = reference_forward(dict(model.state_dict()), structure.rows, structure.layers, x)
+        assert _rel(model(x), reference) < 1e-4
+        assert _rel(fuse(model)(x), reference) < 1e-4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_fast_path_on_cuda_matches_cpu():
     torch.manual_seed(0)
     model = create_model("scalenet50_light", num_classes=10).double()
+    structure = Structure.published("scalenet50_light")
     x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
-    _check_train_step(model.cuda(), x.cuda(), out_tol=1e-9, grad_tol=1e-8, buf_tol=1e-9)
-    fast, paper = _pair(model.cpu().float().eval())
+    _check_train_step(model.cuda(), structure, x.cuda(), out_tol=1e-9, grad_tol=1e-8, buf_tol=1e-9)
+    model = model.cpu().float().eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
-        a = fuse(fast).cuda()(x.float().cuda()).float().cpu()
+        a = fuse(model).cuda()(x.float().cuda()).float().cpu()
     with torch.no_grad():
-        b = paper(x.float())
+        b = reference_forward(dict(model.state_dict()), structure.rows, structure.layers, x.float())
     assert _rel(a, b) < 5e-2  # fp16

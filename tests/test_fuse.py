@@ -94,3 +94,17 @@ def test_used_fused_model_copies_pickles_and_exports_plain_ops(tiny, tmp_path):
             warnings.simplefilter("ignore")
             graph = str(torch.jit.trace(fused, x).inlined_graph)
     assert "aten::_convolution" in graph and "mkldnn" not in graph
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_fold_bn_handles_affine_and_non_affine_bn(affine):
+    conv = torch.nn.Conv2d(4, 5, 3, padding=1, bias=False)
+    bn = torch.nn.BatchNorm2d(5, affine=affine)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    if affine:
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        assert close(fold_bn(conv, bn.eval())(x), bn(conv(x)), 1e-5)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import re
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .factory import create_model
 from .fileio import atomic_write_text
 from .fuse import fuse
+from .timing import interleaved, summarize
 
 __all__ = ["peer_models", "run_bench", "format_table", "device_name", "device_slug", "peak_step_memory_mb"]
 
@@ -160,7 +159,7 @@ def run_bench(
     if onnx and not train and dev.type == "cpu":
         runners.update(_onnx_runners(builders, rows, batch_size, image_size))
 
-    for name, run in runners.items():  # warm-up (and compilation)
+    for name, run in runners.items():  # warm-up (and compilation), with each model's peak CUDA memory
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         for _ in range(warmup):
@@ -168,28 +167,15 @@ def run_bench(
         _sync(dev)
         if dev.type == "cuda":
             rows[name]["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    rounds = range(repeats)
-    if progress:
-        from tqdm.auto import tqdm
-
-        rounds = tqdm(rounds, desc=f"bench {'train' if train else 'inference'} b{batch_size}", leave=False)
-    for _ in rounds:
-        for name, run in runners.items():
-            _sync(dev)
-            t = time.perf_counter()
-            run()
-            _sync(dev)
-            times[name].append(time.perf_counter() - t)
+    times = interleaved(runners, repeats, warmup=0, sync=lambda: _sync(dev),
+                        progress=f"bench {'train' if train else 'inference'} b{batch_size}" if progress else None)
     if train and dev.type == "cpu":
         for name in runners:
             rows[name]["peak_memory_mb"] = peak_step_memory_mb(name, batch_size, image_size)
-    base = statistics.median(times["resnet50"])
-    for name, ts in times.items():
-        median = statistics.median(ts)
-        rows[name].update(median_ms=1e3 * median, min_ms=1e3 * min(ts), ratio_to_resnet50=median / base)
+    for name, summary in summarize(times, "resnet50").items():
+        rows[name].update(summary)
         if train:
-            rows[name]["images_per_s"] = batch_size / median
+            rows[name]["images_per_s"] = batch_size / (summary["median_ms"] / 1e3)
     return {
         "device": device_name(dev),
         "torch": torch.__version__,
@@ -234,7 +220,7 @@ def _onnx_runners(builders, rows, batch_size, image_size) -> dict[str, Callable[
 
 def format_table(result: dict[str, Any]) -> str:
     train = result["mode"] == "train"
-    head = f"| model | MACs (G) | params (M) | median ms | min ms | vs ResNet-50 |" + (" img/s | peak MB |" if train else "")
+    head = "| model | MACs (G) | params (M) | median ms | min ms | vs ResNet-50 |" + (" img/s | peak MB |" if train else "")
     lines = [
         f"{result['mode']} on {result['device']}, batch {result['batch_size']}, {result['image_size']}x{result['image_size']}, "
         f"{result['precision']}, {'channels_last' if result['channels_last'] else 'channels_first'}"
@@ -269,12 +255,17 @@ def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
 
 
 _MEMORY_CHILD = """
-import resource, sys, torch
+import importlib.util, resource, sys, torch
 from scalenet.bench import peer_models
-from scalenet.models.scalenet import set_fast_path
-name, batch, size, fast = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+name, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
-model = set_fast_path(peer_models(train=True)[name](), fast)
+model = peer_models(train=True)[name]()
+if len(sys.argv) > 4:  # FILE.py:FUNCTION turns the model into a variant
+    path, func = sys.argv[4].rsplit(":", 1)
+    spec = importlib.util.spec_from_file_location("variant", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = getattr(module, func)(model)
 model = model.to(memory_format=torch.channels_last).train()
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -292,15 +283,17 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**
 """
 
 
-def peak_step_memory_mb(name: str, batch_size: int = 16, image_size: int = 224, fast: bool = True) -> float:
+def peak_step_memory_mb(name: str, batch_size: int = 16, image_size: int = 224, variant: str | None = None) -> float:
     """Peak resident memory of two CPU training steps above the built model, in MB, measured in a
     fresh process (CPU allocations have no counter like CUDA's, and the peak RSS of a process
-    never goes down). Includes gradients and the optimiser's momentum, for every model alike."""
+    never goes down). Includes gradients and the optimiser's momentum, for every model alike.
+    ``variant`` (``FILE.py:FUNCTION``) names a function that turns the built model into the one
+    measured (benchmark scripts use it for forms of the SA block that the library does not ship)."""
     import subprocess
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, name, str(batch_size), str(image_size), "1" if fast else "0"],
+        [sys.executable, "-c", _MEMORY_CHILD, name, str(batch_size), str(image_size), *([variant] if variant else [])],
         capture_output=True, text=True, check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ run the same arithmetic. The result equals the eval-mode model within float roun
 on all four published models).
 """
 
+
 from __future__ import annotations
 
 import copy
@@ -20,29 +21,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .models.scalenet import SABottleneck, pool_pyramid, replicates, upsample_to
+from . import onednn
+from .models.scalenet import BILINEAR, FULL, SABottleneck, branch_input, upsample_to
 
 __all__ = ["fuse", "fold_bn", "FusedConv2d", "FusedSABottleneck"]
-
-_MKLDNN = getattr(torch.ops, "mkldnn", None)
-_HAS_ONEDNN_OPS = all(
-    hasattr(_MKLDNN, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight")
-) and torch.backends.mkldnn.is_available()
 
 
 @torch.no_grad()
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv with bias computing ``bn(conv(x))`` in eval mode."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=True, padding_mode=conv.padding_mode,
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    """A conv with bias computing ``bn(conv(x))`` in eval mode (affine or not)."""
+    fused = copy.deepcopy(conv)
+    fused.weight, fused.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
     return fused
 
 
@@ -50,13 +43,12 @@ class FusedConv2d(nn.Conv2d):
     """An inference conv (BN already folded) that also applies the residual add and ReLU after
     it: ``relu?(conv(x) + residual?)``.
 
-    On CPU in float32 it calls oneDNN's fused conv primitive with weights reordered once into
-    oneDNN's blocked layout (the reorder is cached, not saved; moving the module or writing its
-    weight, as ``load_state_dict`` does, makes it reorder again). It
-    falls back to ``F.conv2d`` + add + ReLU where that primitive does not apply or must not be
-    used: other devices and dtypes, autocast, gradients, TorchScript tracing and ONNX export,
-    torch.compile (inductor then makes the same fusion itself) and Python dispatch modes such as
-    ``FlopCounterMode``. Both paths compute the same sums; they differ by float rounding only.
+    On CPU in float32 it calls oneDNN's fused conv primitive (:mod:`scalenet.onednn`) with
+    weights reordered once into oneDNN's blocked layout (the reorder is cached, not saved;
+    moving the module or writing its weight, as ``load_state_dict`` does, makes it reorder
+    again). Elsewhere, and whenever the graph is traced, scripted, compiled, exported or
+    counted (:func:`scalenet.onednn.applies`), it runs ``F.conv2d`` + add + ReLU. Both paths
+    compute the same sums; they differ by float rounding only.
     """
 
     def __init__(self, *args: Any, act: bool = False, **kwargs: Any):
@@ -73,39 +65,19 @@ class FusedConv2d(nn.Conv2d):
         new.weight, new.bias = conv.weight, conv.bias
         return new
 
-    def _onednn(self, x: torch.Tensor) -> bool:
-        return (
-            _HAS_ONEDNN_OPS
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling()
-            and not torch.onnx.is_in_onnx_export()
-            and _get_current_dispatch_mode() is None
-        )
-
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, act: bool | None = None) -> torch.Tensor:
         act = self.act if act is None else act
-        if not self._onednn(x):
+        if not onednn.applies(x, self.weight, self.padding_mode, self.padding):
             y = self._conv_forward(x, self.weight, self.bias)
             if residual is not None:
                 y += residual  # in place on the fresh conv output (its backward does not need it)
             return F.relu(y, inplace=True) if act else y
-        args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         if self._packed is None or self._packed_version != self.weight._version:  # e.g. load_state_dict
-            self._packed = _MKLDNN._reorder_convolution_weight(self.weight.detach(), *args, list(x.shape))
+            self._packed = onednn.reorder_weight(self.weight, self.padding, self.stride, self.dilation, self.groups,
+                                                 x.shape)
             self._packed_version = self.weight._version
-        if residual is None:
-            return _MKLDNN._convolution_pointwise(x, self._packed, self.bias, *args, "relu" if act else "none", [], "")
-        return _MKLDNN._convolution_pointwise.binary(
-            x, residual, self._packed, self.bias, *args, "add", 1.0, "relu" if act else None, [], ""
-        )
+        return onednn.conv(x, self._packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                           residual=residual, relu=act)
 
     def _apply(self, fn, recurse: bool = True):
         self._packed = None  # device, dtype or values may change: reorder again on the next call
@@ -118,12 +90,12 @@ class FusedConv2d(nn.Conv2d):
 
 class FusedSABottleneck(nn.Module):
     """The inference form of :class:`SABottleneck`: BNs folded, each ReLU and the residual add
-    run by the conv before them, and the fast path's exact rewrites (pooled-map reuse; ReLU
-    before nearest upsampling, after bilinear). Parameter names are the block's, less the BNs."""
+    run by the conv before them. Parameter names are the block's, less the BNs."""
 
     def __init__(self, block: SABottleneck):
         super().__init__()
         self.scales = block.scales
+        self.branch_scales = list(block.branch_scales)
         self.pool = block.pool
         self.conv1 = FusedConv2d.from_conv(fold_bn(block.conv1, block.bn1), act=True)
         self.conv2 = nn.ModuleDict(
@@ -142,16 +114,13 @@ class FusedSABottleneck(nn.Module):
         h, w = a.shape[-2:]
         pooled = {1: a}
         branches = []
-        for key, conv in self.conv2.items():
-            scale = self.scales[int(key)]
-            if scale == 1:
-                branches.append(conv(a, act=True))
-                continue
-            p = pool_pyramid(pooled, scale)
-            if replicates(p.shape[-2:], (h, w)):  # nearest: ReLU first, on s^2 fewer pixels
-                branches.append(F.interpolate(conv(p, act=True), size=(h, w), mode="nearest"))
-            else:  # bilinear: ReLU does not commute with it
-                branches.append(F.relu(upsample_to(conv(p), (h, w))))
+        for scale, conv in zip(self.branch_scales, self.conv2.values()):
+            p, mode = branch_input(a, pooled, scale)
+            if mode == BILINEAR:  # ReLU does not commute with it
+                branches.append(F.relu(upsample_to(conv(p), [h, w])))
+            else:  # full resolution, or nearest: ReLU first, on s^2 fewer pixels
+                y = conv(p, act=True)
+                branches.append(y if mode == FULL else F.interpolate(y, size=(h, w), mode="nearest"))
         out = torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
         return self.conv3(out, residual=shortcut)
 

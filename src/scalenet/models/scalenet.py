@@ -12,7 +12,7 @@ weight files load unchanged.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,15 +22,19 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..structure import BlockSpec, Structure, published_names, stem_reduction
+from ..structure import STEMS, BlockSpec, Structure, published_names
 
 __all__ = [
-    "SABottleneck", "ScaleNet", "upsample_to", "replicates", "pool_pyramid", "replicated_bn", "set_fast_path",
-    "checkpoint_filter_fn",
+    "SABottleneck", "ScaleNet", "branch_input", "upsample_to", "replicates", "replicated_bn", "checkpoint_filter_fn",
+    "FULL", "NEAREST", "BILINEAR",
 ]
 
 
-def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+#: How a branch's output returns to the block's resolution (see :func:`branch_input`).
+FULL, NEAREST, BILINEAR = 0, 1, 2
+
+
+def upsample_to(x: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Upsamples a pooled branch back to ``size``, as the release does.
 
     Nearest when the full size is an integer multiple of the pooled size (the replication
@@ -39,15 +43,39 @@ def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     so bilinear.
     """
     h, w = int(size[0]), int(size[1])
-    if replicates(x.shape[-2:], (h, w)):
+    if replicates([x.shape[-2], x.shape[-1]], [h, w]):
         return F.interpolate(x, size=(h, w), mode="nearest")
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def replicates(small: Sequence[int], size: Sequence[int]) -> bool:
+def replicates(small: List[int], size: List[int]) -> bool:
     """Whether upsampling ``small`` to ``size`` is an exact replication (integer factors): then
     :func:`upsample_to` is nearest, and BN and ReLU may run before it."""
     return size[0] % small[0] == 0 and size[1] % small[1] == 0
+
+
+def branch_input(x: torch.Tensor, pooled: Dict[int, torch.Tensor], scale: int) -> Tuple[torch.Tensor, int]:
+    """The input of one branch, ``x`` max-pooled by ``scale`` (kernel = stride), with how the
+    branch's output returns to ``x``'s size: :data:`FULL` (scale 1, no upsampling),
+    :data:`NEAREST` (an exact replication, so per-pixel work may run before it) or
+    :data:`BILINEAR`.
+
+    The one branch step of every SA forward (training, eval and fused): call it for each
+    branch in order with the same ``pooled`` dict (factor -> map, starting as ``{1: x}``). A
+    pooled map is built from the coarsest map already pooled whose factor divides its own:
+    pooling by ``a*b`` equals pooling by ``a`` then ``b``, as the floors and windows nest
+    (proved in tests/test_fast_path.py). So the x4 branch pools the x2 branch's map.
+    """
+    if scale == 1:
+        return x, FULL
+    source = 1
+    for factor in pooled.keys():
+        if scale % factor == 0 and factor > source:
+            source = factor
+    step = scale // source
+    p = F.max_pool2d(pooled[source], step, step)
+    pooled[scale] = p
+    return p, NEAREST if replicates([p.shape[-2], p.shape[-1]], [x.shape[-2], x.shape[-1]]) else BILINEAR
 
 
 class SABottleneck(nn.Module):
@@ -58,6 +86,14 @@ class SABottleneck(nn.Module):
     max-pool by ``s`` -> conv -> upsample to the pre-pool size -> BN (its own BN, after
     the upsampling). The branches are concatenated in scale order. Stride-2 blocks
     max-pool their input 2x2 first, and both paths start from the pooled input.
+
+    The forward computes exactly that with less full-resolution work; each rewrite is proved
+    in tests/test_fast_path.py, and the whole block against an independent functional
+    forward (tests/reference.py). Where a branch's upsampling is an exact nearest
+    replication, its BN and ReLU run before it: BN's batch statistics are those of the
+    replicated map, and only the running variance's n/(n-1) differs, which
+    :func:`replicated_bn` corrects. In eval mode BN, a per-channel affine map, also runs
+    before bilinear upsampling.
     """
 
     expansion = 4
@@ -66,6 +102,8 @@ class SABottleneck(nn.Module):
         super().__init__()
         planes, out_channels = spec.planes, spec.out_channels
         self.scales = tuple(scales)
+        #: the pooling factor of each existing branch, in order
+        self.branch_scales: List[int] = [s for s, c in zip(scales, spec.channels) if c > 0]
         self.pool = nn.MaxPool2d(2, 2) if spec.stride == 2 else None
         self.conv1 = nn.Conv2d(spec.in_channels, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -78,7 +116,6 @@ class SABottleneck(nn.Module):
             if c > 0:
                 self.conv2[str(i)] = nn.Conv2d(planes, c, k, padding=k // 2, bias=False)
                 self.bn2[str(i)] = nn.BatchNorm2d(c)
-        self.act2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(spec.width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.downsample = (
@@ -87,52 +124,23 @@ class SABottleneck(nn.Module):
             else None
         )
         self.act3 = nn.ReLU(inplace=True)
-        #: run :meth:`scale_aggregation_fast` (same results, less work); False runs the paper's form
-        self.fast = True
-        self.reuse_pooled = True  # part of the fast path; a switch only for measuring it alone
 
-    def scale_aggregation(self, x: torch.Tensor) -> torch.Tensor:
-        """The SA block as the paper writes it: pool, conv, upsample, BN, concatenate (no ReLU)."""
-        size = x.shape[-2:]
-        branches = []
-        for key, conv in self.conv2.items():
-            scale = self.scales[int(key)]
-            if scale == 1:
-                y = conv(x)
-            else:
-                y = upsample_to(conv(F.max_pool2d(x, scale, scale)), size)
-            branches.append(self.bn2[key](y))
-        return torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
-
-    def scale_aggregation_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """``act2(scale_aggregation(x))`` with the same outputs, gradients and BN statistics, and
-        less full-resolution work. Each rewrite is exact (proved in tests/test_fast_path.py):
-
-        - a pooled map is built from a finer pooled map whose factor divides its own (max-pooling
-          by ``a*b`` equals pooling by ``a`` then ``b``: the floors and windows nest);
-        - where the upsampling is nearest with an integer factor, BN (its batch statistics are
-          those of the replicated map; only the running variance's n/(n-1) differs and is
-          corrected) and ReLU run before the upsampling, on ``s**2`` fewer pixels;
-        - in eval mode BN, a per-channel affine map, also runs before bilinear upsampling.
-        """
-        h, w = x.shape[-2:]
-        pooled: dict[int, torch.Tensor] = {1: x}
-        branches = []
-        for key, conv in self.conv2.items():
-            scale = self.scales[int(key)]
-            bn = self.bn2[key]
-            if scale == 1:
-                branches.append(F.relu(bn(conv(x))))
+    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
+        """The SA block and the ReLU after it: ``relu(cat_s(bn_s(upsample(conv_s(pool_s(x))))))``."""
+        h, w = x.shape[-2], x.shape[-1]
+        pooled: Dict[int, torch.Tensor] = {1: x}
+        branches: List[torch.Tensor] = []
+        for scale, conv, bn in zip(self.branch_scales, self.conv2.values(), self.bn2.values()):
+            p, mode = branch_input(x, pooled, scale)
+            y = conv(p)
+            if mode == BILINEAR:
+                if isinstance(bn, nn.BatchNorm2d) and bn.training:  # batch statistics of the upsampled map
+                    branches.append(F.relu(bn(upsample_to(y, [h, w]))))
+                else:  # eval or frozen: an affine map, which commutes with the upsampling
+                    branches.append(F.relu(upsample_to(bn(y), [h, w])))
                 continue
-            y = conv(pool_pyramid(pooled, scale, self.reuse_pooled))
-            ph, pw = y.shape[-2:]
-            if replicates((ph, pw), (h, w)):
-                y = F.relu(replicated_bn(bn, y, (h // ph) * (w // pw)))
-                branches.append(F.interpolate(y, size=(h, w), mode="nearest"))
-            elif not (isinstance(bn, nn.BatchNorm2d) and bn.training):  # eval or frozen: an affine map
-                branches.append(F.relu(upsample_to(bn(y), (h, w))))
-            else:
-                branches.append(F.relu(bn(upsample_to(y, (h, w)))))
+            y = F.relu(replicated_bn(bn, y, (h // y.shape[-2]) * (w // y.shape[-1])))
+            branches.append(y if mode == FULL else F.interpolate(y, size=(h, w), mode="nearest"))
         return torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,24 +148,10 @@ class SABottleneck(nn.Module):
             x = self.pool(x)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
-        if self.fast:
-            out = self.scale_aggregation_fast(out)
-        else:
-            out = self.act2(self.scale_aggregation(out))
+        out = self.aggregate(out)
         out = self.bn3(self.conv3(out))
         out += shortcut  # in place, as torchvision's ResNet: a fresh full-size tensor per block costs page faults
         return self.act3(out)
-
-
-def pool_pyramid(pooled: dict[int, torch.Tensor], scale: int, reuse: bool = True) -> torch.Tensor:
-    """Max-pools by ``scale`` (kernel = stride) and stores the result in ``pooled`` (factor ->
-    map; ``pooled[1]`` is the input). With ``reuse``, it pools the coarsest map already there
-    whose factor divides ``scale``: pooling by ``a*b`` equals pooling by ``a`` then ``b``, as
-    the floors and windows nest."""
-    source = max(f for f in pooled if scale % f == 0) if reuse else 1
-    step = scale // source
-    p = pooled[scale] = F.max_pool2d(pooled[source], step, step)
-    return p
 
 
 def replicated_bn(bn: nn.Module, y: torch.Tensor, replicas: int) -> torch.Tensor:
@@ -210,18 +204,15 @@ class ScaleNet(nn.Module):
         self.structure = structure
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        width = structure.width
-        if structure.stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
+        width, stem = structure.width, STEMS[structure.stem]
+        self.conv1 = nn.Conv2d(in_chans, width, stem.kernel, stride=stem.stride, padding=stem.kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if structure.stem == "imagenet" else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem.pool else nn.Identity()
 
-        reduction = stem_reduction(structure.stem)
+        reduction = stem.stride
         self.feature_info = [dict(num_chs=width, reduction=reduction, module="act1")]
-        if structure.stem == "imagenet":
+        if stem.pool:
             reduction *= 2
         stages: list[list[SABottleneck]] = [[] for _ in structure.layers]
         for spec in structure.blocks():
@@ -278,15 +269,6 @@ class ScaleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def set_fast_path(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switches every SA block of ``model`` between the fast, exact formulation (the default)
-    and the paper's straightforward one. Returns ``model``."""
-    for m in model.modules():
-        if isinstance(m, SABottleneck):
-            m.fast = enabled
-    return model
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
