@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -30,16 +30,39 @@ __all__ = [
     "EXPANSION",
     "STAGE_DEPTHS",
     "STEMS",
+    "StemSpec",
     "published_names",
+    "format_summary",
 ]
 
 DEFAULT_SCALES = (1, 2, 4, 7)
 EXPANSION = 4
 #: Stage depths of the published networks, keyed by network depth.
 STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-#: ``imagenet``: 7x7 stride-2 conv + 3x3 stride-2 max-pool. ``small``: 3x3 stride-1 conv, no pool
-#: (for images of 64 px or less).
-STEMS = ("imagenet", "small")
+
+
+@dataclass(frozen=True)
+class StemSpec:
+    """The layers before stage 1: a ``kernel`` x ``kernel`` conv with ``stride`` (padding
+    ``kernel // 2``), BN, ReLU and, with ``pool``, a 3x3 stride-2 max-pool (padding 1)."""
+
+    kernel: int
+    stride: int
+    pool: bool
+
+    def conv_side(self, image_size: int) -> int:
+        """Feature-map side after the conv (the first feature level)."""
+        return (image_size + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
+
+    def side(self, image_size: int) -> int:
+        """Feature-map side after the stem (the side of stage 1)."""
+        side = self.conv_side(image_size)
+        return (side + 2 * 1 - 3) // 2 + 1 if self.pool else side
+
+
+#: ``imagenet``: the ResNet stem, 7x7 stride-2 conv + 3x3 stride-2 max-pool. ``small``: 3x3
+#: stride-1 conv, no pool (for images of 64 px or less).
+STEMS = {"imagenet": StemSpec(kernel=7, stride=2, pool=True), "small": StemSpec(kernel=3, stride=1, pool=False)}
 FORMAT = "scalenet-structure"
 _PUBLISHED = ("scalenet50_light", "scalenet50", "scalenet101", "scalenet152")
 
@@ -56,19 +79,6 @@ def branch_kernel_size(side: int, branch: int) -> int:
     x4 branch (position 2) keeps its 3x3 conv while the x7 branch (position 3) is 1x1.
     """
     return 3 if side > 2**branch else 1
-
-
-def stem_side(stem: str, image_size: int) -> int:
-    """Feature-map side after the stem (the side of stage 1)."""
-    if stem == "imagenet":
-        after_conv = (image_size + 2 * 3 - 7) // 2 + 1  # 7x7, stride 2, padding 3
-        return (after_conv + 2 * 1 - 3) // 2 + 1  # max-pool 3x3, stride 2, padding 1
-    return image_size
-
-
-def stem_reduction(stem: str) -> int:
-    """Total stride of the stem's conv (the first feature level)."""
-    return 2 if stem == "imagenet" else 1
 
 
 @dataclass(frozen=True)
@@ -252,25 +262,32 @@ class Structure:
                 k += 1
 
     # ------------------------------------------------------------------ counting
+    def neuron_macs(self, spec: BlockSpec, side: int | None = None) -> list[int]:
+        """MACs of one output neuron ("channel") of each scale position of a block whose output
+        side is ``side`` (default: the block's side at the native image size): its branch conv
+        at the pooled resolution, plus its input column of the 1x1 conv after the
+        concatenation. The allocation's whole cost model: a network's MACs are these times the
+        channel counts, plus what does not depend on the allocation."""
+        side = spec.side if side is None else side
+        return [
+            spec.planes * k * k * (side // scale) ** 2 + spec.out_channels * side * side
+            for scale, k in zip(self.scales, spec.kernel_sizes)
+        ]
+
     def block_macs(self, spec: BlockSpec, side: int) -> int:
         """Multiply-adds of one block's convs when its output side is ``side``."""
         area = side * side
         macs = spec.in_channels * spec.planes * area  # conv1 (after the stride-2 pool)
-        for scale, c, k in zip(self.scales, spec.channels, spec.kernel_sizes):
-            if c:
-                pooled = side // scale
-                macs += spec.planes * c * k * k * pooled * pooled
-        macs += spec.width * spec.out_channels * area  # conv3
+        macs += sum(c * cost for c, cost in zip(spec.channels, self.neuron_macs(spec, side)))  # branches + conv3
         if spec.has_projection:
             macs += spec.in_channels * spec.out_channels * area
         return macs
 
     def stem_macs(self, image_size: int | None = None, in_chans: int = 3) -> int:
         n = self.image_size if image_size is None else image_size
-        if self.stem == "imagenet":
-            side = (n + 2 * 3 - 7) // 2 + 1
-            return in_chans * self.width * 7 * 7 * side * side
-        return in_chans * self.width * 3 * 3 * n * n
+        stem = STEMS[self.stem]
+        side = stem.conv_side(n)
+        return in_chans * self.width * stem.kernel**2 * side * side
 
     def macs(self, image_size: int | None = None, num_classes: int = 1000, in_chans: int = 3) -> int:
         """Multiply-adds of all convolutions and the classifier for one image.
@@ -295,8 +312,7 @@ class Structure:
 
     def params(self, num_classes: int = 1000, in_chans: int = 3) -> int:
         """Number of learnable parameters (BN running statistics excluded)."""
-        k = 7 if self.stem == "imagenet" else 3
-        total = in_chans * self.width * k * k + 2 * self.width
+        total = in_chans * self.width * STEMS[self.stem].kernel ** 2 + 2 * self.width
         total += sum(self.block_params(spec) for spec in self.blocks())
         if num_classes > 0:
             total += self.num_features * num_classes + num_classes
@@ -405,9 +421,7 @@ class Structure:
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
         s = cls.from_json(obj, layers=layers, source=str(p))
-        if s.name is None:
-            object.__setattr__(s, "name", p.stem)
-        return s
+        return s if s.name is not None else replace(s, name=p.stem)
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"format": FORMAT, "version": 1}
@@ -470,7 +484,7 @@ class Structure:
 def _stage_sides(stem: str, image_size: int, num_stages: int) -> list[int]:
     if stem not in STEMS:
         raise ValueError(f"stem {stem!r} is unknown; use one of {', '.join(STEMS)}")
-    side = stem_side(stem, image_size)
+    side = STEMS[stem].side(image_size)
     sides = [side]
     for _ in range(num_stages - 1):
         side //= 2
@@ -491,3 +505,42 @@ def _infer_layers(num_rows: int, source: str) -> tuple[int, ...]:
         f"{source}: a structure of {num_rows} rows fits no known depth ({known}); pass the stage depths, "
         "e.g. layers=(2, 2, 2) or --layers 2,2,2"
     )
+
+
+def _format_count(n: int, unit: str) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.3f} G{unit}"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M{unit}"
+    return f"{n / 1e3:.1f} K{unit}"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The per-block table of :meth:`Structure.summary` (what ``scalenet info`` prints)."""
+    scales = summary["scales"]
+    cw = max(4, *(len(str(c)) for b in summary["blocks"] for c in b["channels"]))
+    groups = [
+        ("channels", [f"x{s}".rjust(cw) for s in scales]),
+        ("share %", [f"x{s}".rjust(4) for s in scales]),
+        ("kernel", [f"x{s}".rjust(3) for s in scales]),
+    ]
+    cols = [" ".join(names) for _, names in groups]
+    title = " | ".join(label.center(len(c)) for (label, _), c in zip(groups, cols))
+    lines = [
+        f"{summary['name'] or 'structure'}: {summary['stem']} stem, {summary['image_size']}x{summary['image_size']} "
+        f"input, layers {','.join(map(str, summary['layers']))}, scales {','.join(map(str, scales))}",
+        "",
+        f"{'':<10} {'':>4} | {title} | {'':>13}",
+        f"{'block':<10} {'side':>4} | {' | '.join(cols)} | {'MACs':>13}",
+    ]
+    for b in summary["blocks"]:
+        ch = " ".join(str(c).rjust(cw) for c in b["channels"])
+        sh = " ".join(f"{100 * s:4.0f}" for s in b["share"])
+        ks = " ".join((f"{k}x{k}" if k else "-").rjust(3) for k in b["kernel_sizes"])
+        lines.append(f"{b['block']:<10} {b['side']:>4} | {ch} | {sh} | {ks} | {b['macs']:>13,}")
+    lines += [
+        "",
+        f"total: {summary['macs']:,} MACs ({_format_count(summary['macs'], 'MACs')}), "
+        f"{summary['params']:,} params ({_format_count(summary['params'], '')}), {summary['num_classes']} classes",
+    ]
+    return "\n".join(lines)
