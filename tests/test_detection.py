@@ -20,7 +20,7 @@ from scalenet.detection import (
     detector_from_checkpoint,
     fasterrcnn_scalenet_fpn,
     format_coco_table,
-    freeze_batchnorm,
+    scalenet_fpn_backbone,
     train_detector,
 )
 
@@ -92,7 +92,7 @@ def test_bn_frozen_by_default_and_trainable_layers_from_the_top():
         _detector(norm="group")
 
 
-def test_frozen_bn_computes_what_the_eval_mode_bn_computed():
+def test_frozen_backbone_computes_what_the_eval_mode_model_computed(tmp_path):
     torch.manual_seed(0)
     model = create_model(detection_structure(), num_classes=0)
     for m in model.modules():
@@ -101,10 +101,13 @@ def test_frozen_bn_computes_what_the_eval_mode_bn_computed():
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
+    path = save_weights(model, tmp_path / "w.safetensors")
+    fpn = scalenet_fpn_backbone(detection_structure(), backbone_checkpoint=path, norm="frozen").train()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fpn.body.modules())  # the SA blocks' ModuleDicts too
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        expected = model.eval()(x)
-        got = freeze_batchnorm(model)(x)
+        expected = model.eval().forward_features(x)
+        got = fpn.body(x)["3"]  # the train-mode body: frozen BN ignores the mode
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 

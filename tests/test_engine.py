@@ -155,14 +155,15 @@ def test_diverging_loss_stops_with_a_clear_message_and_keeps_the_last_good_check
     assert read_state_dict(run / "last.pt")["epoch"] == 1
 
 
-def test_unreadable_images_are_skipped_and_counted(tmp_path, folder):
+def test_unreadable_images_are_skipped_and_counted(tmp_path, folder, capsys):
     (folder / "class_0" / "broken.png").write_bytes(b"not an image")
     (folder / "class_1" / "broken.png").write_bytes(b"\x89PNG truncated")
     data = build_data(folder)
     result = train(tiny_structure(), data, TrainConfig(epochs=2, **FAST), tmp_path / "run")
-    skipped = [r.get("skipped_images") for r in result.metrics]
-    assert skipped[0] == 2 or (skipped[0] and skipped[0] >= 1)  # reported once, in the first epoch
-    assert skipped[1] is None
+    # every epoch's record counts what it skipped (train and validation); the note is printed once
+    for r in result.metrics:
+        assert 1 <= r["skipped_images"] <= 2  # a broken file may fall outside the epoch's full batches
+    assert capsys.readouterr().out.count("unreadable images") == 1
 
 
 def test_train_val_layout_and_flat_split_are_deterministic(tmp_path):
@@ -217,7 +218,7 @@ def test_resume_with_a_different_model(tmp_path, folder, capsys):
     other = type(other).from_channels([[4, 2, 1, 1], [3, 3, 2, 0]], layers=(1, 1), stem="small", width=4, image_size=16)
     capsys.readouterr()
     assert main(["train", "--model", str(other.save(tmp_path / "b.json")), *base, "--epochs", "2", "--resume"]) == 2
-    one_line_error(capsys, "holds a different structure than --model")
+    one_line_error(capsys, "holds a run with a different structure; resume with the same model")
 
 
 def test_resume_without_checkpoint_and_existing_run(tmp_path, folder, capsys):

@@ -76,7 +76,8 @@ class TensorBatches:
 
     Augmentation is the small-image recipe: random crop with zero padding and horizontal flip,
     drawn per image from a generator seeded by ``seed`` and the epoch, so an epoch's batches
-    are the same after a resume. With ``rank``/``world_size`` each process gets its own shard.
+    are the same after a resume. The order comes from :attr:`sampler` (a :class:`ShardSampler`:
+    seeded per epoch, one shard per rank), as for a DataLoader: ``loader.sampler.set_epoch(e)``.
     """
 
     def __init__(
@@ -98,23 +99,16 @@ class TensorBatches:
         self.augment = augment
         self.padding = padding
         self.seed = seed
-        # the same seeded, sharded order as the DataLoader path for image folders
         self.sampler = ShardSampler(len(data), shuffle=train, seed=seed, rank=rank, world_size=world_size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def _indices(self) -> torch.Tensor:
-        return torch.tensor(self.sampler._indices(), dtype=torch.long)
-
     def __len__(self) -> int:
-        n = len(self._indices())
+        n = len(self.sampler)
         return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self._indices()
+        idx = torch.tensor(self.sampler.indices(), dtype=torch.long)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch + 7919)
         stop = len(idx) - len(idx) % self.batch_size if self.train else len(idx)
         for start in range(0, stop, self.batch_size):
@@ -233,30 +227,38 @@ class ShardSampler(torch.utils.data.Sampler):
     """Seeded per-epoch shuffle (train) or plain order (eval), split across ranks.
 
     Training shards are cut to equal length so every rank runs the same number of steps;
-    evaluation shards are disjoint and cover every sample exactly once.
+    evaluation shards are disjoint and cover every sample exactly once. The epoch's order is
+    drawn once, on first use after :meth:`set_epoch`.
     """
 
     def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
         self.epoch = 0
+        self._order: list[int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if epoch != self.epoch:
+            self.epoch, self._order = epoch, None
 
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-            order = order[: self.n // self.world_size * self.world_size]
-        else:
-            order = list(range(self.n))
-        return order[self.rank :: self.world_size]
+    def indices(self) -> list[int]:
+        """This rank's sample indices for the current epoch, in order."""
+        if self._order is None:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+                order = torch.randperm(self.n, generator=g).tolist()
+                order = order[: self.n // self.world_size * self.world_size]
+            else:
+                order = list(range(self.n))
+            self._order = order[self.rank :: self.world_size]
+        return self._order
 
     def __iter__(self):
-        return iter(self._indices())
+        return iter(self.indices())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        if self.shuffle:
+            return self.n // self.world_size
+        return max(0, (self.n - self.rank + self.world_size - 1) // self.world_size)
 
 
 def _class_folders(root: Path) -> list[tuple[str, list[str]]]:
@@ -333,7 +335,8 @@ class DataSpec:
 
     def loader(self, split: str, batch_size: int, *, workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
                augment: bool = True):
-        """An iterable of ``(images, labels)`` or ``(images, labels, skipped)`` batches with ``set_epoch``."""
+        """An iterable of ``(images, labels)`` or ``(images, labels, skipped)`` batches whose
+        ``sampler`` (a :class:`ShardSampler`) sets the epoch's order."""
         data = self.train if split == "train" else self.val
         train = split == "train"
         if isinstance(data, TensorData):
@@ -342,12 +345,10 @@ class DataSpec:
         if train and not augment:
             data = ImageFiles(data.samples, self.eval_transform)
         sampler = ShardSampler(len(data), shuffle=train, seed=seed, rank=rank, world_size=world_size)
-        loader = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             data, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skipping,
             drop_last=train, persistent_workers=workers > 0,
         )
-        loader.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
-        return loader
 
 
 def build_data(

@@ -13,7 +13,7 @@ from torch import nn
 
 from .fileio import atomic_write
 
-__all__ = ["export_onnx", "check_onnx"]
+__all__ = ["export_onnx", "check_onnx", "export_checked"]
 
 OPSET = 17
 
@@ -46,3 +46,15 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, in_ch
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def export_checked(model: nn.Module, path: str | os.PathLike, image_size: int, in_chans: int = 3,
+                   limit: float = 1e-3) -> float:
+    """:func:`export_onnx` then :func:`check_onnx`; a file whose outputs differ from PyTorch's by
+    more than ``limit`` (relative) is removed with one clear error. Returns the difference."""
+    path = export_onnx(model, path, image_size, in_chans)
+    diff = check_onnx(model, path, image_size, in_chans)
+    if diff > limit:
+        path.unlink()
+        raise ValueError(f"onnxruntime output differs from PyTorch by {diff:.2e} relative (limit {limit:g}); {path} removed")
+    return diff

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_output_file"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -53,3 +53,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out", example: str = "out.json") -> Path:
+    """Raises a one-line error unless ``path`` can be written as a file (its folder exists and
+    is writable, and it is not a directory). ``flag`` and ``example`` go into the message."""
+    path = Path(path)
+    check_writable_dir(path.parent)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give a file name such as {path / example}")
+    return path

@@ -6,14 +6,13 @@
 """
 
 from .data import CocoDetection, detection_collate, detection_loader, read_coco_json
-from .engine import DetectConfig, detector_from_checkpoint, evaluate_detector, train_detector
+from .engine import DetectConfig, detector_from_checkpoint, evaluate_checkpoint, evaluate_detector, train_detector
 from .evaluate import STAT_NAMES, coco_evaluate, format_coco_table
-from .model import fasterrcnn_scalenet_fpn, freeze_batchnorm, scalenet_fpn_backbone
+from .model import fasterrcnn_scalenet_fpn, scalenet_fpn_backbone
 
 __all__ = [
     "fasterrcnn_scalenet_fpn",
     "scalenet_fpn_backbone",
-    "freeze_batchnorm",
     "CocoDetection",
     "detection_collate",
     "detection_loader",
@@ -21,6 +20,7 @@ __all__ = [
     "DetectConfig",
     "train_detector",
     "evaluate_detector",
+    "evaluate_checkpoint",
     "detector_from_checkpoint",
     "coco_evaluate",
     "format_coco_table",

@@ -1,51 +1,35 @@
-"""Detector training and evaluation, with the classification engine's conventions.
+"""Detector training and evaluation on the shared run layer (:mod:`scalenet.runs`).
 
 - SGD with momentum, linear warmup, then the LR times 0.1 at each of ``lr_steps`` (epochs):
   the usual Faster R-CNN "1x" recipe (12 epochs, steps at 8 and 11).
 - torchrun DDP (gloo on CPU, nccl on CUDA); ``batch_size`` is per process.
 - ``RUN_DIR/last.pt`` every epoch (and ``best.pt`` on a better validation AP), written
   atomically; ``resume=True`` continues exactly; ``metrics.jsonl`` one object per epoch.
-- A NaN or inf loss stops the run with :class:`~scalenet.engine.TrainingError`.
+- A NaN or inf loss stops the run with :class:`~scalenet.runs.TrainingError`.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import CheckpointError, read_state_dict
-from ..engine import (
-    Dist,
-    _all_reduce,
-    _append_metrics,
-    _autocast,
-    _kept,
-    _prepare_run_dir,
-    _progress,
-    _read_metrics,
-    _rewrite_metrics,
-    _unwrap,
-    optimizer_step,
-    restore_training_state,
-    seed_all,
-    setup_distributed,
-    training_state,
-)
 from ..factory import resolve_structure
-from ..fileio import atomic_write
+from ..fileio import atomic_write_text, check_output_file
+from ..runs import DistContext, RunDir, Updater, fit, progress_bar, seed_all, setup_distributed, unwrap
 from ..structure import Structure
 from .data import CocoDetection, detection_loader
 from .evaluate import coco_evaluate, predict
 from .model import fasterrcnn_scalenet_fpn
 
-__all__ = ["DetectConfig", "train_detector", "evaluate_detector", "detector_from_checkpoint"]
+__all__ = ["DetectConfig", "train_detector", "evaluate_detector", "evaluate_checkpoint", "detector_from_checkpoint"]
 
 CHECKPOINT_FORMAT = "scalenet-detect"
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
@@ -71,6 +55,7 @@ class DetectConfig:
     workers: int = 0
     seed: int = 0
     progress: bool = True
+    tensorboard: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # more FasterRCNN keywords
 
 
@@ -114,7 +99,7 @@ def detector_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[s
 
 def evaluate_detector(
     model: nn.Module, dataset: CocoDetection, device: torch.device | str = "cpu", *, batch_size: int = 1,
-    workers: int = 0, progress: bool = True, d: Dist | None = None,
+    workers: int = 0, progress: bool = True, d: DistContext | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """COCO metrics of ``model`` on ``dataset`` (every rank gets them) and the detections (rank 0).
 
@@ -122,10 +107,10 @@ def evaluate_detector(
     scores slightly, so results would otherwise depend on how images are grouped (and sharded).
     """
     device = torch.device(device)
-    d = d or Dist(device=device)
+    d = d or DistContext(device=device)
     loader = detection_loader(dataset, batch_size, shuffle=False, workers=workers, rank=d.rank, world_size=d.world_size)
-    bar = (lambda it: _progress(it, len(loader), "evaluating", True)) if progress and d.main else None
-    results, skipped = predict(_unwrap(model), loader, device, progress=bar)
+    bar = (lambda it: progress_bar(it, len(loader), "evaluating", True)) if progress and d.main else None
+    results, skipped = predict(unwrap(model), loader, device, progress=bar)
     if d.enabled:
         gathered: list[Any] = [None] * d.world_size
         dist.all_gather_object(gathered, (results, skipped))
@@ -140,6 +125,91 @@ def evaluate_detector(
     return stats, results
 
 
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike, annotations: str | os.PathLike, images: str | os.PathLike, *,
+    save: str | os.PathLike | None = None, detections: str | os.PathLike | None = None, score_thresh: float = 0.05,
+    batch_size: int = 1, workers: int = 0, progress: bool = True,
+) -> dict[str, Any] | None:
+    """COCO metrics of a ``detect-train`` checkpoint on a COCO-format set, sharded across
+    torchrun's ranks. Rank 0 writes the report (``save``, default ``eval-<json name>.json``
+    beside the checkpoint) and, with ``detections``, the detections in COCO results format,
+    and returns the report; other ranks return None."""
+    d = setup_distributed()
+    dataset = CocoDetection(annotations, images)
+    model, ckpt = detector_from_checkpoint(checkpoint)
+    model.roi_heads.score_thresh = score_thresh
+    num_classes = ckpt["detector"]["num_classes"]
+    if dataset.num_classes > num_classes:
+        raise ValueError(
+            f"{annotations} has category ids up to {dataset.num_classes - 1}, but {checkpoint} "
+            f"predicts ids below {num_classes}; evaluate on the data set it was trained for"
+        )
+    save = Path(save) if save else Path(checkpoint).with_name(f"eval-{Path(annotations).stem}.json")
+    if d.main:
+        check_output_file(save, "--save", "eval.json")
+        if detections:
+            check_output_file(Path(detections), "--detections", "detections.json")
+    stats, results = evaluate_detector(model.to(d.device), dataset, d.device, batch_size=batch_size, workers=workers,
+                                       progress=progress, d=d)
+    if not d.main:
+        return None
+    report = {"checkpoint": str(checkpoint), "annotations": str(annotations), **stats}
+    atomic_write_text(save, json.dumps(report, indent=2) + "\n")
+    if detections:
+        atomic_write_text(Path(detections), json.dumps(results))
+    return dict(report, saved=str(save), skipped=dataset.skipped.describe() if dataset.skipped else None)
+
+
+class DetectionTask:
+    """Faster R-CNN's four losses; best checkpoint by validation AP (when a validation set is given)."""
+
+    checkpoint_format = CHECKPOINT_FORMAT
+    train_prefix = ""
+    best_key = "best_ap"
+    metric = "val_AP"
+    initial_best = -1.0
+
+    def __init__(self, structure: Structure, dataset: CocoDetection, cfg: DetectConfig, val: CocoDetection | None,
+                 d: DistContext):
+        self.structure, self.dataset, self.cfg, self.val, self.d = structure, dataset, cfg, val, d
+        self.label = f"faster-rcnn {structure.name or 'scalenet'}"
+        self.advice = f"lower --lr (now {cfg.lr}) or lengthen --warmup-iters"
+
+    def step(self, net: nn.Module, images: list, targets: list) -> dict[str, torch.Tensor]:
+        images = [im.to(self.d.device, non_blocking=True) for im in images]
+        targets = [{k: v.to(self.d.device) for k, v in t.items()} for t in targets]
+        losses = net(images, targets)
+        return {"loss": sum(losses.values()), **{k: losses[k] for k in LOSS_KEYS}}
+
+    def validate(self, net: nn.Module) -> dict[str, Any]:
+        if self.val is None:
+            return {}
+        stats, _ = evaluate_detector(net, self.val, self.d.device, workers=self.cfg.workers, progress=self.cfg.progress,
+                                     d=self.d)
+        return {f"val_{k}": v for k, v in stats.items() if k in ("AP", "AP50", "AP75")}
+
+    def describe(self, record: Mapping[str, Any]) -> str:
+        return f", val AP {100 * record['val_AP']:.1f}" if "val_AP" in record else ""
+
+    def identity(self) -> dict[str, Any]:
+        s = self.structure
+        return {"backbone": (s.rows, s.layers, s.scales), "number of classes": self.dataset.num_classes}
+
+    def identity_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any]:
+        spec = ckpt["detector"]
+        s = Structure.from_json(spec["structure"], source="checkpoint (structure)")
+        return {"backbone": (s.rows, s.layers, s.scales), "number of classes": spec["num_classes"]}
+
+    def checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "detector": {
+                "structure": self.structure.to_json(),
+                "num_classes": self.dataset.num_classes,
+                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
+            },
+            "categories": {str(k): v for k, v in self.dataset.categories.items()},
+        }
+
 
 def train_detector(
     dataset: CocoDetection,
@@ -152,116 +222,35 @@ def train_detector(
     """Trains Faster R-CNN + FPN with ``cfg.backbone`` on ``dataset``; returns the model and the
     per-epoch records (also in ``run_dir/metrics.jsonl``)."""
     d = setup_distributed()
-    run = Path(run_dir)
+    run = RunDir(run_dir, CHECKPOINT_FORMAT)
     structure = resolve_structure(cfg.backbone)
     if d.main:
-        _prepare_run_dir(run, resume)
-    if d.enabled:
-        dist.barrier()
+        run.prepare(resume)
+    d.barrier()
     seed_all(cfg.seed)
-    num_classes = dataset.num_classes
-    model = _build(structure, num_classes, cfg, with_weights=not resume).to(d.device)
-    if d.main and cfg.backbone_checkpoint is None and cfg.norm == "frozen" and not resume:
-        print("note: no --backbone-checkpoint: the backbone starts from random weights with frozen BN (an identity "
-              "until trained weights fill it); give ImageNet weights, or --norm bn to train from scratch", flush=True)
-    if d.main and dataset.skipped:
-        print(f"note: {dataset.annotation_file.name}: skipped {dataset.skipped.describe()}", flush=True)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    model = _build(structure, dataset.num_classes, cfg, with_weights=not resume).to(d.device)
+    if d.main:
+        _notes(dataset, cfg, resume)
     loader = detection_loader(dataset, cfg.batch_size, shuffle=True, workers=cfg.workers, seed=cfg.seed,
                               rank=d.rank, world_size=d.world_size)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(loader) == 0:
         raise ValueError(
             f"{dataset.annotation_file.name}: {len(dataset)} images make no full batch of {cfg.batch_size} "
             f"on {d.world_size} process(es); lower --batch-size"
         )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, steps_per_epoch))
-    scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp and d.device.type == "cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, len(loader)))
+    updater = Updater(optimizer, scheduler, torch.amp.GradScaler(d.device.type, enabled=cfg.amp and d.device.type == "cuda"))
+    task = DetectionTask(structure, dataset, cfg, val_dataset, d)
+    result = fit(task, model, updater, loader, epochs=cfg.epochs, run=run, d=d, resume=resume, amp=cfg.amp,
+                 progress=cfg.progress, tensorboard=cfg.tensorboard)
+    return model, result.metrics
 
-    start_epoch, best_ap, metrics = 0, -1.0, []
-    if resume:
-        ckpt = read_state_dict(run / "last.pt")
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{run / 'last.pt'}: not a scalenet detection checkpoint")
-        saved = Structure.from_json(ckpt["detector"]["structure"], source=f"{run / 'last.pt'} (structure)")
-        if saved.rows != structure.rows or saved.layers != structure.layers or ckpt["detector"]["num_classes"] != num_classes:
-            raise ValueError(f"{run / 'last.pt'} holds a different backbone or class count; resume with the same --backbone and data")
-        restore_training_state(ckpt, model, optimizer, scheduler, scaler)
-        start_epoch, best_ap = int(ckpt["epoch"]), float(ckpt["best_ap"])
-        metrics = _read_metrics(run / "metrics.jsonl", upto=start_epoch)
-    if d.main:
-        _rewrite_metrics(run / "metrics.jsonl", metrics)
 
-    net: nn.Module = model
-    if d.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-
-    label = f"faster-rcnn {structure.name or 'scalenet'}"
-    for epoch in range(start_epoch, cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        net.train()
-        t0 = time.perf_counter()
-        sums = dict.fromkeys(("loss",) + LOSS_KEYS, 0.0)
-        seen = skipped = 0.0
-        bar = _progress(loader, steps_per_epoch, f"{label} epoch {epoch + 1}/{cfg.epochs}", cfg.progress and d.main)
-        for step, (images, targets, s) in enumerate(bar):
-            skipped += s
-            if not images:
-                continue
-            images = [im.to(d.device, non_blocking=True) for im in images]
-            targets = [{k: v.to(d.device) for k, v in t.items()} for t in targets]
-            with _autocast(d.device, cfg.amp):
-                losses = net(images, targets)
-            loss = sum(losses.values())
-            optimizer_step(loss, optimizer, scaler, scheduler, where=f"epoch {epoch + 1}, step {step + 1}",
-                           kept=_kept(run, epoch), advice=f"lower --lr (now {cfg.lr}) or lengthen --warmup-iters")
-            n = len(images)
-            sums["loss"] += float(loss.detach()) * n
-            for k in LOSS_KEYS:
-                sums[k] += float(losses[k].detach()) * n
-            seen += n
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
-        train_seconds = time.perf_counter() - t0
-        reduced = _all_reduce([*sums.values(), seen, skipped], d)
-        seen, skipped = reduced[-2], reduced[-1]
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        record.update({k: v / max(seen, 1) for k, v in zip(sums, reduced)})
-        record.update(lr=optimizer.param_groups[0]["lr"], train_seconds=train_seconds,
-                      images_per_s=seen / max(train_seconds, 1e-9))
-        if skipped:
-            record["skipped_images"] = int(skipped)
-        improved = False
-        if val_dataset is not None:
-            stats, _ = evaluate_detector(net, val_dataset, d.device, workers=cfg.workers, progress=cfg.progress, d=d)
-            record.update({f"val_{k}": v for k, v in stats.items() if k in ("AP", "AP50", "AP75")})
-            improved = stats["AP"] > best_ap
-            best_ap = max(best_ap, stats["AP"])
-        record["seconds"] = time.perf_counter() - t0
-        metrics.append(record)
-        if d.main:
-            ap = f", val AP {100 * record['val_AP']:.1f}" if "val_AP" in record else ""
-            print(f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}{ap}, "
-                  f"{record['images_per_s']:.1f} img/s, {record['seconds']:.1f} s", flush=True)
-            ckpt = {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch + 1,
-                **training_state(model, optimizer, scheduler, scaler),
-                "detector": {
-                    "structure": structure.to_json(),
-                    "num_classes": num_classes,
-                    "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                },
-                "categories": {str(k): v for k, v in dataset.categories.items()},
-                "best_ap": best_ap,
-            }
-            _append_metrics(run / "metrics.jsonl", record)
-            if improved:
-                atomic_write(run / "best.pt", lambda f: torch.save(ckpt, f))
-            atomic_write(run / "last.pt", lambda f: torch.save(ckpt, f))
-        if d.enabled:
-            dist.barrier()
-    return model, metrics
-
+def _notes(dataset: CocoDetection, cfg: DetectConfig, resume: bool) -> None:
+    if cfg.backbone_checkpoint is None and cfg.norm == "frozen" and not resume:
+        print("note: no --backbone-checkpoint: the backbone starts from random weights with frozen BN (an identity "
+              "until trained weights fill it); give ImageNet weights, or --norm bn to train from scratch", flush=True)
+    if dataset.skipped:
+        print(f"note: {dataset.annotation_file.name}: skipped {dataset.skipped.describe()}", flush=True)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-from torch import nn
+from timm.layers import freeze_batch_norm_2d
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..checkpoint import load_weights
@@ -24,27 +23,9 @@ from ..factory import create_model, resolve_structure
 from ..models.scalenet import checkpoint_filter_fn
 from ..structure import Structure
 
-__all__ = ["fasterrcnn_scalenet_fpn", "scalenet_fpn_backbone", "freeze_batchnorm", "NORMS"]
+__all__ = ["fasterrcnn_scalenet_fpn", "scalenet_fpn_backbone", "NORMS"]
 
 NORMS = ("frozen", "bn")
-
-
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replaces every ``BatchNorm2d`` (also inside ModuleDicts) by a ``FrozenBatchNorm2d`` holding
-    the same affine parameters and running statistics. Returns ``module`` (changed in place)."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            with torch.no_grad():
-                frozen.weight.copy_(child.weight.detach() if child.affine else torch.ones_like(frozen.weight))
-                frozen.bias.copy_(child.bias.detach() if child.affine else torch.zeros_like(frozen.bias))
-                if child.running_mean is not None:
-                    frozen.running_mean.copy_(child.running_mean)
-                    frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
-    return module
 
 
 def scalenet_fpn_backbone(
@@ -72,8 +53,8 @@ def scalenet_fpn_backbone(
     body = create_model(structure, num_classes=0)
     if backbone_checkpoint is not None:
         load_weights(body, backbone_checkpoint, filter_fn=lambda raw, _m: _backbone_state_from(raw))
-    if norm == "frozen":
-        freeze_batchnorm(body)
+    if norm == "frozen":  # BatchNorm2d and SyncBatchNorm, also those inside the SA blocks' ModuleDicts
+        body = freeze_batch_norm_2d(body)
 
     stages = [info for info in body.feature_info if info["module"].startswith("layer")]
     # trained from the top, as in torchvision: trainable_layers=3 trains layer4, layer3, layer2
