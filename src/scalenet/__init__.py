@@ -9,13 +9,14 @@ Public API::
     result = scalenet.allocate(build_data("my_images/"), width_mult=1.0)  # from scalenet.data import build_data
     result.structure, result.scores
 
+The allocation's parts (importances, budgets, selectors) live in :mod:`scalenet.allocation`.
 Importing the package registers the ScaleNets with timm (``timm.create_model("scalenet50")``).
 """
 
 from .factory import create_model, list_models
 from .structure import Structure
 from . import models  # noqa: F401  (registers the timm models)
-from .allocate import allocate  # noqa: E402  (the function; the module stays importable as scalenet.allocate)
+from .allocation import allocate
 from .fuse import fuse
 
 __all__ = ["create_model", "list_models", "Structure", "allocate", "fuse"]

@@ -21,14 +21,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .allocate import allocate, format_stage_summary
+from .allocation import allocate, format_stage_summary
 from .bench import device_name
 from .data import build_data
 from .engine import TrainConfig, evaluate, train
-from .factory import create_model
 from .fileio import atomic_write_text
-from .report import plot_allocation, plot_curves
+from .report import plot_curves
 from .structure import Structure
+from .timing import interleaved, summarize
 
 __all__ = ["PROFILES", "DemoProfile", "run_demo", "match_macs"]
 
@@ -125,18 +125,21 @@ def baselines(learned: Structure, num_classes: int, in_chans: int) -> dict[str, 
 def cpu_latency(models: dict[str, torch.nn.Module], shape: Sequence[int], repeats: int = 15) -> dict[str, dict[str, float]]:
     """Median and min latency in ms per model, interleaved repeats in one process."""
     x = torch.randn(*shape)
-    times: dict[str, list[float]] = {k: [] for k in models}
+    runners = {name: (lambda m=m.eval(): m(x)) for name, m in models.items()}
     with torch.inference_mode():
-        for m in models.values():
-            m.eval()
-            for _ in range(3):
-                m(x)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t = time.perf_counter()
-                m(x)
-                times[k].append(1e3 * (time.perf_counter() - t))
-    return {k: {"median_ms": statistics.median(v), "min_ms": min(v)} for k, v in times.items()}
+        return summarize(interleaved(runners, repeats, warmup=3))
+
+
+def _fresh_directory(out: Path) -> Path:
+    """``out``, empty: an earlier run there is moved aside (``<out>.previous-<time>``), not lost."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {out} is a file; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(kept)
+        print(f"note: moved the earlier demo run to {kept}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -146,10 +149,7 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
         p = PROFILES[profile]
     else:
         raise ValueError(f"profile {profile!r} is unknown; use one of {', '.join(PROFILES)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {out} is a file; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_directory(Path(out))
     started = time.perf_counter()
 
     seed_data = build_data("fashion-mnist", train_subset=p.seed_subset, val_subset=p.val_subset, seed=seed)
@@ -165,9 +165,8 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
                      train_config=replace(base_cfg, epochs=p.seed_epochs, tensorboard=False), name="scalenet")
     learned = alloc.structure
     allocation_seconds = time.perf_counter() - t
-    learned.save(out / "scalenet.json")
-    atomic_write_text(out / "scalenet.scores.json", json.dumps(alloc.sidecar()) + "\n")
-    plot_allocation(learned, out / "allocation.png", title="Learned allocation on Fashion-MNIST (share of neurons per scale)")
+    alloc.save(out / "scalenet.json", chart=out / "allocation.png",
+               title="Learned allocation on Fashion-MNIST (share of neurons per scale)")
     print(format_stage_summary(learned), flush=True)
 
     # 2-3. the learned network and the baselines, same recipe

@@ -7,7 +7,18 @@ import torch
 
 import scalenet
 from scalenet import Structure
-from scalenet.allocate import BlockScores, BNScale, allocate, minimum_macs, neuron_costs, seed_structure, select
+from scalenet.allocation import (
+    BlockScores,
+    BNScale,
+    BNScaleL1,
+    MacsBudget,
+    WidthBudget,
+    allocate,
+    budget_from,
+    minimum_macs,
+    seed_structure,
+    select,
+)
 from scalenet.cli import main
 from scalenet.data import DataSpec, TensorData
 from scalenet.engine import TrainConfig, train
@@ -19,7 +30,7 @@ from helpers import make_image_folder
 def random_scores(seed: Structure, generator_seed: int = 0) -> list[BlockScores]:
     g = torch.Generator().manual_seed(generator_seed)
     return [
-        BlockScores(spec.name, [torch.rand(c, generator=g).tolist() for c in spec.channels], neuron_costs(seed, spec))
+        BlockScores(spec.name, [torch.rand(c, generator=g).tolist() for c in spec.channels], seed.neuron_macs(spec))
         for spec in seed.blocks()
     ]
 
@@ -39,7 +50,7 @@ def test_seed_is_uniform_and_abundant(seed):
 def test_costs_make_macs_linear_in_the_neurons(seed):
     scores = random_scores(seed)
     for mult in (0.25, 0.6, 1.0, 1.7):
-        structure, kept = select(scores, seed, width_mult=mult, num_classes=10)
+        structure, kept = select(scores, seed, WidthBudget(mult), num_classes=10)
         assert [sum(r[:-1]) for r in structure.rows] == [max(1, round(mult * p)) for p in (8, 8, 16, 16, 32, 32)]
         assert [sum(map(len, k)) for k in kept] == [sum(r[:-1]) for r in structure.rows]
 
@@ -50,14 +61,14 @@ def test_macs_target_is_met_within_one_percent(seed, scope, fraction):
     scores = random_scores(seed, 1)
     lowest, highest = minimum_macs(seed, 10, 1), seed.macs(None, 10, 1)
     target = int(lowest + fraction * (highest - lowest))
-    structure, _ = select(scores, seed, macs=target, scope=scope, num_classes=10, in_chans=1)
+    structure, _ = select(scores, seed, MacsBudget(target), scope=scope, num_classes=10, in_chans=1)
     assert abs(structure.macs(None, 10, 1) - target) <= 0.01 * target
     assert all(sum(r[:-1]) >= 1 for r in structure.rows)
 
 
 def test_kept_neurons_are_the_top_scores_of_each_block(seed):
     scores = random_scores(seed, 2)
-    _, kept = select(scores, seed, width_mult=0.5, num_classes=10)
+    _, kept = select(scores, seed, WidthBudget(0.5), num_classes=10)
     for b, per_scale in zip(scores, kept):
         kept_scores = sorted((b.scores[i][j] for i, js in enumerate(per_scale) for j in js), reverse=True)
         all_scores = sorted((s for row in b.scores for s in row), reverse=True)
@@ -68,8 +79,8 @@ def test_global_scope_moves_neurons_between_blocks(seed):
     scores = random_scores(seed, 3)
     # block 0: one strong neuron, the rest negligible -> global ranking keeps few of them
     scores[0].scores = [[1.0] + [1e-3] * 7, [1e-3] * 8, [1e-3] * 8, [1e-3] * 8]
-    block, _ = select(scores, seed, width_mult=1.0, scope="block", num_classes=10)
-    glob, _ = select(scores, seed, width_mult=1.0, scope="global", num_classes=10)
+    block, _ = select(scores, seed, WidthBudget(1.0), scope="block", num_classes=10)
+    glob, _ = select(scores, seed, WidthBudget(1.0), scope="global", num_classes=10)
     assert sum(block.rows[0][:-1]) == 8
     assert sum(glob.rows[0][:-1]) < 8
     assert sum(sum(r[:-1]) for r in glob.rows) == sum(sum(r[:-1]) for r in block.rows)
@@ -79,27 +90,63 @@ def test_impossible_budgets(seed):
     scores = random_scores(seed)
     lowest = minimum_macs(seed, 10, 1)
     with pytest.raises(ValueError, match="impossible budget: --macs .* is below the minimum"):
-        select(scores, seed, macs=lowest - 1, num_classes=10, in_chans=1)
+        select(scores, seed, MacsBudget(lowest - 1), num_classes=10, in_chans=1)
     with pytest.raises(ValueError, match="above the seed network"):
-        select(scores, seed, macs=seed.macs(None, 10, 1) * 2, num_classes=10, in_chans=1)
+        select(scores, seed, MacsBudget(seed.macs(None, 10, 1) * 2), num_classes=10, in_chans=1)
     with pytest.raises(ValueError, match="exactly one budget"):
-        select(scores, seed, num_classes=10)
+        budget_from()
+    with pytest.raises(ValueError, match="exactly one budget"):
+        budget_from(1.0, 10_000)
+    with pytest.raises(ValueError, match="--width-mult must be positive"):
+        budget_from(width_mult=0.0)
 
 
 def test_importance_is_swappable_and_alpha_prefers_cheap_neurons():
     seed = seed_structure((1,), stem="small", width=4, image_size=16)
     model = scalenet.create_model(seed, num_classes=2)  # every BN gamma is 1 at init: a tie everywhere
-    by_gamma = select(BNScale(0.0)(model, seed, 16), seed, width_mult=1.0)[0]
-    by_cost = select(BNScale(1.0)(model, seed, 16), seed, width_mult=1.0)[0]
+    by_gamma = select(BNScale(0.0)(model, seed, 16), seed, WidthBudget(1.0))[0]
+    by_cost = select(BNScale(1.0)(model, seed, 16), seed, WidthBudget(1.0))[0]
     assert by_gamma.rows[0][:-1] == (4, 0, 0, 0)  # ties go to the finer scale
     assert by_cost.rows[0][:-1] == (0, 0, 0, 4)  # x7 neurons cost least
 
     class PreferX2:
         def __call__(self, model, structure, image_size):
-            return [BlockScores(s.name, [[float(i == 1)] * c for i, c in enumerate(s.channels)], neuron_costs(structure, s))
+            return [BlockScores(s.name, [[float(i == 1)] * c for i, c in enumerate(s.channels)], structure.neuron_macs(s))
                     for s in structure.blocks()]
 
-    assert select(PreferX2()(model, seed, 16), seed, width_mult=1.0)[0].rows[0][:-1] == (0, 4, 0, 0)
+    assert select(PreferX2()(model, seed, 16), seed, WidthBudget(1.0))[0].rows[0][:-1] == (0, 4, 0, 0)
+
+
+def test_normalizer_is_an_option_of_the_importance(seed):
+    model = scalenet.create_model(seed, num_classes=2)
+    with torch.no_grad():
+        for i, m in enumerate(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.num_features == 8):
+            m.weight.uniform_(0.5, 2.0).mul_(10.0 ** i)
+    raw = BNScale(normalizer=None)(model, seed, 32)
+    for name, figure in (("max", max), ("sum", sum), ("mean", lambda v: sum(v) / len(v))):
+        scores = BNScale(normalizer=name)(model, seed, 32)
+        for r, n in zip(raw, scores):
+            values = [v for row in r.scores for v in row]
+            got = [v for row in n.scores for v in row]
+            assert got == pytest.approx([v / figure(values) for v in values], rel=1e-12), name
+    assert max(v for row in BNScale()(model, seed, 32)[0].scores for v in row) == 1.0  # "max" is the default
+    with pytest.raises(ValueError, match="normalizer 'median' is unknown"):
+        BNScale(normalizer="median")
+
+
+def test_sparsity_regulariser_is_l1_on_the_branch_bn_scales(seed):
+    model = scalenet.create_model(seed, num_classes=2)
+    gammas = [bn.weight for m in model.modules() if isinstance(m, scalenet.models.SABottleneck) for bn in m.bn2.values()]
+    with torch.no_grad():
+        for g in gammas:
+            g.uniform_(-1, 1)
+    penalty = BNScaleL1(0.01)(model)
+    assert float(penalty.detach()) == pytest.approx(0.01 * sum(float(g.detach().abs().sum()) for g in gammas), rel=1e-6)
+    penalty.backward()
+    assert torch.allclose(gammas[0].grad, 0.01 * gammas[0].detach().sign())
+    assert model.bn1.weight.grad is None  # only the SA branches' BNs
+    with pytest.raises(ValueError, match="--sparsity must be 0 or more"):
+        BNScaleL1(-1.0)
 
 
 def test_bad_scales():

@@ -1,0 +1,505 @@
+"""Data-driven neuron allocation (paper Sec. 3.2, Algorithm 1), in pieces that can be swapped.
+
+1. A *seed* network with abundant, uniform neurons per scale is trained on the task's data
+   (:func:`seed_structure`; optionally with a :class:`BNScaleL1` regulariser).
+2. An *importance* scores every output neuron of every SA branch (:class:`BNScale`: its BN
+   scale |gamma|, optionally divided by ``cost ** alpha``), normalised per block.
+3. A *selector* keeps neurons under a *budget* and counts them per scale, which gives each
+   block's row ``[C_1, C_2, C_4, C_7, side]``. Budgets: :class:`WidthBudget` (a multiple of
+   the ResNet width per block) or :class:`MacsBudget` (the network's multiply-adds).
+   Selectors: :func:`select_per_block` (the paper: the top neurons of each block) or
+   :func:`select_global` (all blocks' neurons ranked together, network-slimming style, so the
+   budget can move between blocks). Every block keeps at least one neuron; a scale may end up
+   with none.
+
+A network's MACs are linear in the kept neurons (:meth:`Structure.neuron_macs`): each neuron
+costs its branch conv plus its column of the 1x1 conv after the concatenation; everything
+else does not depend on the allocation (:class:`CostModel`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, Union
+
+import torch
+from torch import nn
+
+from .structure import Structure
+
+__all__ = [
+    "BlockScores",
+    "Importance",
+    "BNScale",
+    "NORMALIZERS",
+    "BNScaleL1",
+    "WidthBudget",
+    "MacsBudget",
+    "Budget",
+    "budget_from",
+    "CostModel",
+    "select_per_block",
+    "select_global",
+    "SELECTORS",
+    "select",
+    "AllocationResult",
+    "seed_structure",
+    "minimum_macs",
+    "allocate",
+    "default_layout",
+    "stage_summary",
+    "format_stage_summary",
+]
+
+#: One seed neuron: (score, scale position, index inside its branch).
+Neuron = tuple[float, int, int]
+
+
+# ---------------------------------------------------------------------------- importance
+@dataclass
+class BlockScores:
+    """Scores of one block's seed neurons, grouped by scale position."""
+
+    block: str
+    scores: list[list[float]]  # per scale position, one score per seed neuron
+    costs: list[int]  # MACs of one neuron of each scale position
+
+    def flat(self) -> list[Neuron]:
+        """(score, scale position, index) for every neuron, best first (ties: finer scale first)."""
+        items = [(s, i, j) for i, row in enumerate(self.scores) for j, s in enumerate(row)]
+        return sorted(items, key=lambda t: (-t[0], t[1], t[2]))
+
+
+class Importance(Protocol):
+    """Scores a trained seed network: one :class:`BlockScores` per SA block."""
+
+    def __call__(self, model: nn.Module, structure: Structure, image_size: int) -> list[BlockScores]: ...
+
+
+def _normalize_max(values: list[float]) -> float:
+    return max(values, default=0.0)
+
+
+def _normalize_sum(values: list[float]) -> float:
+    return sum(values)
+
+
+def _normalize_mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+#: Per-block normalisers (Torch-Pruning's names): each block's scores are divided by this
+#: figure of the block's scores, so that blocks can be ranked together (global scope, a
+#: MACs budget's last neurons, several seed runs). ``None``: raw scores.
+NORMALIZERS: dict[str | None, Callable[[list[float]], float] | None] = {
+    "max": _normalize_max, "sum": _normalize_sum, "mean": _normalize_mean, None: None,
+}
+
+
+@dataclass
+class BNScale:
+    """|gamma| of each neuron's branch BN, divided by ``cost ** alpha`` (the paper: alpha = 0),
+    then by the block's ``normalizer`` figure (see :data:`NORMALIZERS`)."""
+
+    alpha: float = 0.0
+    normalizer: str | None = "max"
+
+    def __post_init__(self) -> None:
+        if self.normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer {self.normalizer!r} is unknown; use one of {', '.join(map(str, NORMALIZERS))}")
+
+    def __call__(self, model: nn.Module, structure: Structure, image_size: int) -> list[BlockScores]:
+        from .models.scalenet import SABottleneck
+
+        blocks = [m for m in model.modules() if isinstance(m, SABottleneck)]
+        norm = NORMALIZERS[self.normalizer]
+        out = []
+        for spec, block in zip(structure.blocks(), blocks):
+            costs = structure.neuron_macs(spec, structure.stage_sides(image_size)[spec.stage])
+            scores = []
+            for i, c in enumerate(spec.channels):
+                gamma = block.bn2[str(i)].weight.detach().abs().double().cpu() if c else torch.zeros(0)
+                scores.append((gamma / (costs[i] ** self.alpha)).tolist())
+            if norm is not None:
+                figure = norm([v for row in scores for v in row]) or 1.0
+                scores = [[v / figure for v in row] for row in scores]
+            out.append(BlockScores(spec.name, scores, costs))
+        return out
+
+
+@dataclass
+class BNScaleL1:
+    """A regulariser for the seed network: ``weight * sum |gamma|`` over the SA branches' BN
+    scales (network slimming), which pushes unneeded neurons' scales towards zero."""
+
+    weight: float
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"--sparsity must be 0 or more, got {self.weight}")
+        self._model: nn.Module | None = None
+        self._gammas: list[torch.Tensor] = []
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        if model is not self._model:  # found once per model, not per step
+            from .models.scalenet import SABottleneck
+
+            self._model = model
+            self._gammas = [bn.weight for m in model.modules() if isinstance(m, SABottleneck) for bn in m.bn2.values()]
+        return self.weight * sum(g.abs().sum() for g in self._gammas)
+
+
+# ---------------------------------------------------------------------------- budgets
+class CostModel:
+    """A seed network's MACs as a function of the kept neurons: ``base`` (what does not depend
+    on the allocation: stem, 1x1 convs in, shortcuts, classifier) plus each kept neuron's cost."""
+
+    def __init__(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3):
+        self.seed = seed
+        sides = seed.stage_sides()
+        self.costs = [seed.neuron_macs(spec, sides[spec.stage]) for spec in seed.blocks()]
+        self.highest = seed.macs(None, num_classes, in_chans)
+        self.base = self.highest - sum(
+            c * cost for spec, costs in zip(seed.blocks(), self.costs) for c, cost in zip(spec.channels, costs)
+        )
+        #: one neuron, of the cheapest scale, per block
+        self.lowest = self.base + sum(
+            min(cost for c, cost in zip(spec.channels, costs) if c) for spec, costs in zip(seed.blocks(), self.costs)
+        )
+
+    def cost(self, block: int, neuron: Neuron) -> int:
+        return self.costs[block][neuron[1]]
+
+    def total(self, chosen: list[list[Neuron]]) -> int:
+        return self.base + sum(self.cost(b, n) for b, ns in enumerate(chosen) for n in ns)
+
+
+@dataclass(frozen=True)
+class WidthBudget:
+    """``round(multiplier * planes)`` neurons per block (at least 1): ScaleNet-50 used about
+    1.36, ScaleNet-50-light 1.0."""
+
+    multiplier: float
+
+    def __post_init__(self) -> None:
+        if not self.multiplier > 0:
+            raise ValueError(f"--width-mult must be positive, got {self.multiplier}")
+
+    def neurons(self, planes: int, capacity: int) -> int:
+        return min(capacity, max(1, round(self.multiplier * planes)))
+
+    def check(self, costs: CostModel) -> None:
+        """Any positive multiplier can be met."""
+
+    def settings(self) -> dict[str, Any]:
+        return {"width_mult": self.multiplier, "macs_target": None}
+
+
+@dataclass(frozen=True)
+class MacsBudget:
+    """The network's multiply-adds, met within ``tolerance``."""
+
+    macs: int
+    tolerance: float = 0.01
+
+    def fits(self, total: int) -> bool:
+        return total <= self.macs * (1 + self.tolerance)
+
+    def reached(self, total: int) -> bool:
+        return total >= self.macs * (1 - self.tolerance)
+
+    def check(self, costs: CostModel) -> None:
+        """Raises a clear ValueError when no selection from the seed can meet the budget."""
+        if self.macs < costs.lowest:
+            raise ValueError(
+                f"impossible budget: --macs {self.macs:,} is below the minimum {costs.lowest:,} (one neuron per block); "
+                "raise it"
+            )
+        if self.macs > costs.highest * (1 + self.tolerance):
+            raise ValueError(
+                f"impossible budget: --macs {self.macs:,} is above the seed network's {costs.highest:,}; lower it or "
+                "raise --seed-width"
+            )
+
+    def verify(self, got: int) -> None:
+        if abs(got - self.macs) > self.tolerance * self.macs:
+            raise ValueError(
+                f"could not meet --macs {self.macs:,} within {self.tolerance:.0%} (closest {got:,}); raise --seed-width "
+                "or use --scope global"
+            )
+
+    def settings(self) -> dict[str, Any]:
+        return {"width_mult": None, "macs_target": self.macs}
+
+
+Budget = Union[WidthBudget, MacsBudget]
+
+
+def budget_from(width_mult: float | None = None, macs: int | None = None) -> Budget:
+    """The budget a user asked for: exactly one of a width multiplier and a MACs target."""
+    if (width_mult is None) == (macs is None):
+        raise ValueError("give exactly one budget: a width multiplier or a MACs target")
+    return WidthBudget(width_mult) if width_mult is not None else MacsBudget(int(macs))
+
+
+# ---------------------------------------------------------------------------- selectors
+def _capacity(ranked: list[list[Neuron]]) -> list[int]:
+    return [len(r) for r in ranked]
+
+
+def select_per_block(ranked: list[list[Neuron]], planes: list[int], budget: Budget, costs: CostModel) -> list[list[Neuron]]:
+    """The paper's selection: each block keeps its own top-k neurons. A width budget fixes k per
+    block; a MACs budget takes the largest common multiplier within budget, then fills the
+    rest neuron by neuron, best score first, so the target is met within its tolerance."""
+    capacity = _capacity(ranked)
+
+    def keep_for(mult: float) -> list[int]:
+        return [WidthBudget(mult).neurons(p, cap) if mult > 0 else 1 for p, cap in zip(planes, capacity)]
+
+    if isinstance(budget, WidthBudget):
+        keep = keep_for(budget.multiplier)
+    else:
+        def total(keep: list[int]) -> int:
+            return costs.total([r[:k] for r, k in zip(ranked, keep)])
+
+        lo, hi = 0.0, max(cap / p for cap, p in zip(capacity, planes)) + 1
+        for _ in range(60):  # MACs grow with the multiplier: bisect for the largest within budget
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(keep_for(mid)) <= budget.macs else (lo, mid)
+        keep = keep_for(lo)
+        current = total(keep)
+        while not budget.reached(current):  # whole-stage steps are coarse on small networks
+            options = [
+                (ranked[b][keep[b]][0], -b, b) for b in range(len(ranked))
+                if keep[b] < capacity[b] and budget.fits(current + costs.cost(b, ranked[b][keep[b]]))
+            ]
+            if not options:
+                break
+            b = max(options)[2]
+            current += costs.cost(b, ranked[b][keep[b]])
+            keep[b] += 1
+    return [r[:k] for r, k in zip(ranked, keep)]
+
+
+def select_global(ranked: list[list[Neuron]], planes: list[int], budget: Budget, costs: CostModel) -> list[list[Neuron]]:
+    """Network slimming's selection: every block's best neuron first, then all other neurons of
+    all blocks by score (normalised per block by the importance), until the budget: the width
+    budget's total neuron count, or the MACs budget."""
+    chosen = [[r[0]] for r in ranked]
+    rest = sorted(((n[0], b, n) for b, r in enumerate(ranked) for n in r[1:]), key=lambda t: (-t[0], t[1], t[2][1], t[2][2]))
+    if isinstance(budget, WidthBudget):
+        total = sum(budget.neurons(p, cap) for p, cap in zip(planes, _capacity(ranked)))
+        for _, b, n in rest[: max(0, total - len(ranked))]:
+            chosen[b].append(n)
+        return chosen
+    current = costs.total(chosen)
+    for _, b, n in rest:
+        if budget.reached(current):
+            break
+        if budget.fits(current + costs.cost(b, n)):
+            chosen[b].append(n)
+            current += costs.cost(b, n)
+    return chosen
+
+
+#: ``scope`` names of the selectors.
+SELECTORS = {"block": select_per_block, "global": select_global}
+
+
+def select(
+    scores: list[BlockScores],
+    seed: Structure,
+    budget: Budget,
+    *,
+    scope: str = "block",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+) -> tuple[Structure, list[list[list[int]]]]:
+    """Keeps neurons under ``budget`` with the ``scope``'s selector and counts them per scale.
+
+    Returns the structure and, per block and scale, the indices of the kept seed neurons.
+    """
+    if scope not in SELECTORS:
+        raise ValueError(f"scope {scope!r} is unknown; use {' or '.join(SELECTORS)}")
+    costs = CostModel(seed, num_classes, in_chans)
+    budget.check(costs)
+    specs = list(seed.blocks())
+    chosen = SELECTORS[scope]([b.flat() for b in scores], [s.planes for s in specs], budget, costs)
+    kept = [[sorted(j for _, i, j in ns if i == pos) for pos in range(len(seed.scales))] for ns in chosen]
+    structure = Structure.from_channels(
+        [[len(k) for k in per_scale] for per_scale in kept], seed.layers, scales=seed.scales, stem=seed.stem,
+        width=seed.width, image_size=seed.image_size,
+    )
+    if isinstance(budget, MacsBudget):
+        budget.verify(structure.macs(None, num_classes, in_chans))
+    return structure, kept
+
+
+# ---------------------------------------------------------------------------- the whole allocation
+def seed_structure(
+    layers: Sequence[int],
+    *,
+    seed_width: int | Sequence[int] | None = None,
+    scales: Sequence[int] = (1, 2, 4, 7),
+    stem: str = "imagenet",
+    width: int = 64,
+    image_size: int = 224,
+) -> Structure:
+    """The abundant seed: C neurons for every scale of every block (default C = the block's planes)."""
+    planes = [width * 2**i for i in range(len(layers))]
+    per_stage = planes if seed_width is None else seed_width
+    if isinstance(per_stage, int) and per_stage < 1 or not isinstance(per_stage, int) and min(per_stage) < 1:
+        raise ValueError(f"--seed-width must be a positive number of neurons per scale, got {seed_width}")
+    seed = Structure.uniform(layers, per_stage, scales=tuple(scales), stem=stem, width=width, image_size=image_size,
+                             name="seed")
+    sides = seed.stage_sides()
+    unused = [s for s in seed.scales if all(side // s < 1 for side in sides)]
+    if unused:
+        raise ValueError(
+            f"scales {','.join(map(str, unused))} do not fit any feature map (largest side {max(sides)} at "
+            f"image size {image_size}); choose smaller --scales"
+        )
+    return seed
+
+
+def minimum_macs(seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> int:
+    """The smallest network the seed allows: one neuron, of the cheapest scale, per block."""
+    return CostModel(seed, num_classes, in_chans).lowest
+
+
+@dataclass
+class AllocationResult:
+    structure: Structure
+    scores: list[BlockScores]
+    seed: Structure
+    settings: dict[str, Any] = field(default_factory=dict)
+    kept: list[list[list[int]]] = field(default_factory=list)  # per block, per scale: kept neuron indices
+    seed_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def sidecar(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "seed": self.seed.to_json(),
+            "seed_metrics": self.seed_metrics,
+            "macs": self.structure.macs(num_classes=self.settings.get("num_classes", 1000),
+                                        in_chans=self.settings.get("in_chans", 3)),
+            "blocks": [
+                {"block": b.block, "scales": list(self.seed.scales), "scores": b.scores, "costs": b.costs, "kept": k}
+                for b, k in zip(self.scores, self.kept)
+            ],
+        }
+
+    def save(self, path: str | os.PathLike, *, bare: bool = False, chart: str | os.PathLike | None = None,
+             title: str | None = None) -> dict[str, Path]:
+        """Writes the structure (``bare``: the release's bare-list format), the sidecar
+        ``<stem>.scores.json`` (every neuron's score and the settings) and the allocation chart
+        (default ``<stem>.png``), each atomically. Returns the three paths."""
+        from .fileio import atomic_write_text
+        from .report import plot_allocation
+
+        path = Path(path)
+        sidecar = path.with_name(path.stem + ".scores.json")
+        chart = Path(chart) if chart is not None else path.with_suffix(".png")
+        self.structure.save(path, bare=bare)
+        atomic_write_text(sidecar, json.dumps(self.sidecar()) + "\n")
+        default_title = f"{path.stem}: learned neurons per scale ({self.settings.get('data', 'data')})"
+        plot_allocation(self.structure, chart, title=title or default_title)
+        return {"structure": path, "sidecar": sidecar, "chart": chart}
+
+
+def default_layout(image_size: int) -> dict[str, Any]:
+    """Sensible defaults by image size: the small stem and three 1-block stages at 64 px or less,
+    else the ImageNet stem and the ResNet-50 layout."""
+    if image_size <= 64:
+        return dict(stem="small", layers=(1, 1, 1), width=16)
+    return dict(stem="imagenet", layers=(3, 4, 6, 3), width=64)
+
+
+def allocate(
+    data,
+    *,
+    layers: Sequence[int] | None = None,
+    width: int | None = None,
+    stem: str | None = None,
+    scales: Sequence[int] = (1, 2, 4, 7),
+    seed_width: int | Sequence[int] | None = None,
+    width_mult: float | None = None,
+    macs: int | None = None,
+    scope: str = "block",
+    alpha: float = 0.0,
+    importance: Importance | None = None,
+    sparsity: float = 0.0,
+    train_config=None,
+    name: str | None = None,
+) -> AllocationResult:
+    """Trains a seed network on ``data`` (a :class:`~scalenet.data.DataSpec`) and selects neurons.
+
+    The budget is ``width_mult`` (default 1.0) or ``macs``; ``sparsity`` adds a
+    :class:`BNScaleL1` penalty while the seed trains. Returns the allocated
+    :class:`Structure`, the per-neuron scores and the settings. The budget is checked before
+    any training, so an impossible one fails fast.
+    """
+    from .engine import TrainConfig, train
+
+    layout = default_layout(data.image_size)
+    layers = tuple(layers or layout["layers"])
+    seed = seed_structure(
+        layers, seed_width=seed_width, scales=scales, stem=stem or layout["stem"], width=width or layout["width"],
+        image_size=data.image_size,
+    )
+    budget = budget_from(1.0 if width_mult is None and macs is None else width_mult, macs)
+    budget.check(CostModel(seed, data.num_classes, data.in_chans))  # fail before training
+    if scope not in SELECTORS:
+        raise ValueError(f"scope {scope!r} is unknown; use {' or '.join(SELECTORS)}")
+    regularizer = BNScaleL1(sparsity) if sparsity else None
+    cfg = train_config or TrainConfig(epochs=5)
+    result = train(seed, data, cfg, None, description="seed", regularizer=regularizer)
+    importance = importance or BNScale(alpha)
+    scores = importance(result.model, seed, data.image_size)
+    structure, kept = select(scores, seed, budget, scope=scope, num_classes=data.num_classes, in_chans=data.in_chans)
+    settings = {
+        "data": data.name, "image_size": data.image_size, "num_classes": data.num_classes, "in_chans": data.in_chans,
+        "layers": list(layers), "scales": list(seed.scales), "seed_width": seed_width, **budget.settings(),
+        "scope": scope, "alpha": alpha, "importance": type(importance).__name__,
+        "normalizer": getattr(importance, "normalizer", None), "sparsity": sparsity, "seed_epochs": cfg.epochs,
+        "seed": cfg.seed,
+    }
+    meta = {
+        "allocation": settings,
+        "macs": structure.macs(None, data.num_classes, data.in_chans),
+        "params": structure.params(data.num_classes, data.in_chans),
+        "seed_val_top1": result.final.get("val_top1"),
+    }
+    structure = replace(structure, name=name, meta=meta)
+    return AllocationResult(structure, scores, seed, settings, kept, result.metrics)
+
+
+def stage_summary(structure: Structure) -> list[dict[str, Any]]:
+    """Per stage: blocks, neurons per block, share of each scale (for the terminal table)."""
+    out = []
+    for stage in range(len(structure.layers)):
+        specs = [s for s in structure.blocks() if s.stage == stage]
+        totals = [sum(s.channels[i] for s in specs) for i in range(len(structure.scales))]
+        n = sum(totals)
+        out.append({
+            "stage": stage + 1,
+            "blocks": len(specs),
+            "side": specs[0].side,
+            "planes": specs[0].planes,
+            "neurons_per_block": [s.width for s in specs],
+            "share": [t / n for t in totals],
+        })
+    return out
+
+
+def format_stage_summary(structure: Structure) -> str:
+    head = " ".join(f"x{s}".rjust(6) for s in structure.scales)
+    lines = [f"{'stage':>5} {'side':>5} {'planes':>6} {'neurons/block':>14} | share {head}"]
+    for r in stage_summary(structure):
+        per_block = ",".join(map(str, r["neurons_per_block"]))
+        share = " ".join(f"{100 * s:5.1f}%" for s in r["share"])
+        lines.append(f"{r['stage']:>5} {r['side']:>5} {r['planes']:>6} {per_block:>14} |       {share}")
+    return "\n".join(lines)
