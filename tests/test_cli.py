@@ -82,3 +82,22 @@ def test_unknown_name_and_console_script():
     assert script.exists(), "the console script is not installed beside the interpreter"
     ok = subprocess.run([str(script), "info", "scalenet50", "--json"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and json.loads(ok.stdout)["macs"] == PUBLISHED["scalenet50"][0]
+
+
+def test_help_defaults_come_from_the_config_dataclasses():
+    from scalenet.cli import build_parser
+    from scalenet.detection import DetectConfig
+    from scalenet.engine import TrainConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+
+    def help_of(command, flag):
+        return next(a.help for a in sub[command]._actions if flag in a.option_strings)
+
+    assert help_of("train", "--epochs") == f"default {TrainConfig().epochs}"
+    assert help_of("train", "--batch-size") == f"default {TrainConfig().batch_size}"
+    assert f"(default {TrainConfig().wd})" in help_of("train", "--wd")
+    assert help_of("allocate", "--epochs") == "default 5"  # the seed network's own default
+    assert help_of("detect-train", "--lr").startswith(f"default {DetectConfig().lr} ")
+    assert f"(default {DetectConfig().min_size}," in help_of("detect-train", "--min-size")

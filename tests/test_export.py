@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime")
 
