@@ -15,6 +15,8 @@ from scalenet.allocation import (
     WidthBudget,
     allocate,
     budget_from,
+    combine_mean,
+    combine_union,
     minimum_macs,
     seed_structure,
     select,
@@ -149,6 +151,26 @@ def test_sparsity_regulariser_is_l1_on_the_branch_bn_scales(seed):
         BNScaleL1(-1.0)
 
 
+def test_repeats_combine_runs_at_the_level_of_scales():
+    # one block, two scales of 2 seed neurons; run A prefers x1, run B x2 (scores normalised per block)
+    seed = Structure.from_channels([[2, 2]], (1,), scales=(1, 2), stem="small", width=2, image_size=8)
+    costs = seed.neuron_macs(next(seed.blocks()))
+    a = [BlockScores("layer1.0", [[1.0, 0.9], [0.5, 0.4]], costs)]
+    b = [BlockScores("layer1.0", [[0.2, 0.1], [1.0, 0.95]], costs)]
+    # union: pool each scale over the runs, the j-th combined neuron is the 2(j+1)-th best of the pool
+    assert combine_union([a, b])[0].scores == [[0.9, 0.1], [0.95, 0.4]]
+    # keeping k=2 of the combination = keeping the union's top 4 (x1: 1.0, 0.9; x2: 1.0, 0.95) halved
+    assert select(combine_union([a, b]), seed, WidthBudget(1.0))[0].rows[0][:-1] == (1, 1)
+    # a run alone is its own ranking
+    assert combine_union([a])[0].scores == a[0].scores
+    # mean: each run's own allocation (A: 2 x1, B: 2 x2), averaged and rounded per block
+    alone = [select(r, seed, WidthBudget(1.0))[0] for r in (a, b)]
+    assert [s.rows[0][:-1] for s in alone] == [(2, 0), (0, 2)]
+    assert combine_mean(alone, seed).rows[0][:-1] == (1, 1)
+    three = alone + [select(a, seed, WidthBudget(1.0))[0]]  # 2,0 + 0,2 + 2,0 -> 4/3, 2/3 -> 1, 1
+    assert combine_mean(three, seed).rows[0][:-1] == (1, 1)
+
+
 def test_bad_scales():
     with pytest.raises(ValueError, match="distinct positive integers"):
         seed_structure((1,), scales=(1, 2, 2), stem="small", width=4, image_size=16)
@@ -174,7 +196,7 @@ def textures(kind: str, n: int, size: int = 16, seed: int = 0) -> TensorData:
 
 def x1_share(kind: str) -> float:
     data = DataSpec(kind, 2, 1, 16, (0.5,), (0.25,), ["a", "b"], textures(kind, 512), textures(kind, 128, seed=1))
-    result = allocate(data, layers=(1, 1), width=8, width_mult=0.75, train_config=TrainConfig(
+    result = allocate(data, layers=(1, 1), width=8, width_mult=0.75, repeats=1, train_config=TrainConfig(
         epochs=4, batch_size=32, lr=0.05, seed=0, progress=False, tensorboard=False))
     rows = result.structure.rows
     return sum(r[0] for r in rows) / sum(sum(r[:-1]) for r in rows)
@@ -196,15 +218,19 @@ def test_cli_writes_structure_sidecar_and_chart_that_load_and_train(tmp_path, ca
     folder = make_image_folder(tmp_path / "data", classes=3, per_class=20, size=32)
     out = tmp_path / "learned.json"
     assert main(["allocate", "--data", str(folder), "--out", str(out), "--epochs", "2", "--batch-size", "16",
-                 "--layers", "1,1", "--width", "8", "--width-mult", "1.2", "--no-progress"]) == 0
+                 "--layers", "1,1", "--width", "8", "--width-mult", "1.2", "--repeats", "2", "--jobs", "1", "--seed", "5",
+                 "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "stage" in printed and "MACs" in printed
+    assert "stage" in printed and "MACs" in printed and "agreement of 2 seed network(s)" in printed
     structure = Structure.load(out)
     assert structure.stem == "small" and structure.layers == (1, 1) and structure.image_size == 32
     assert [sum(r[:-1]) for r in structure.rows] == [round(1.2 * 8), round(1.2 * 16)]
     sidecar = json.loads((tmp_path / "learned.scores.json").read_text())
     assert len(sidecar["blocks"]) == 2 and sidecar["settings"]["scope"] == "block"
-    assert len(sidecar["blocks"][0]["scores"][0]) == 8  # seed width = planes
+    assert len(sidecar["runs"][0]["scores"][0][0]) == 8  # seed width = planes
+    assert sidecar["blocks"][0]["channels"] == list(structure.rows[0][:-1]) and sidecar["blocks"][0]["scores"] is None
+    assert [r["seed"] for r in sidecar["runs"]] == [5, 6] and sidecar["settings"]["repeats"] == 2
+    assert len(sidecar["agreement"]["stages"]) == 2 and sidecar["agreement"]["stages"][0]["ratio"] is not None
     assert (tmp_path / "learned.png").read_bytes()[:4] == b"\x89PNG"
     # loads, counts and trains
     model = scalenet.create_model(out, num_classes=3)
@@ -223,7 +249,8 @@ def test_cli_macs_target_and_global_scope(tmp_path, capsys):
     seed = seed_structure((1, 1), stem="small", width=8, image_size=16)
     target = (minimum_macs(seed, 2, 3) + seed.macs(None, 2, 3)) // 2
     assert main(["allocate", "--data", str(folder), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-                 "--layers", "1,1", "--width", "8", "--macs", str(target), "--scope", "global", "--no-progress"]) == 0
+                 "--layers", "1,1", "--width", "8", "--macs", str(target), "--scope", "global", "--repeats", "1",
+                 "--combine", "union", "--no-progress"]) == 0
     got = Structure.load(out).macs(num_classes=2)
     assert abs(got - target) <= 0.01 * target
 
@@ -242,9 +269,19 @@ def test_cli_bad_input_writes_nothing(tmp_path, extra, message):
     folder = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=16)
     out = tmp_path / "s.json"
     result = subprocess.run([sys.executable, "-m", "scalenet", "allocate", "--data", str(folder), "--out", str(out),
-                             "--epochs", "1", "--layers", "1,1", *extra], capture_output=True, text=True, timeout=120)
+                             "--epochs", "1", "--layers", "1,1", "--repeats", "1", *extra], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.glob("s*")) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_cli_repeats_must_be_a_positive_count(tmp_path, capsys, value):
+    folder = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=16)
+    assert main(["allocate", "--data", str(folder), "--out", str(tmp_path / "s.json"), "--repeats", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--repeats must be a whole number of seed networks, 1 or more; got {value}" in err[0]
     assert list(tmp_path.glob("s*")) == []
 
 

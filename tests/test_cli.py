@@ -87,6 +87,7 @@ def test_unknown_name_and_console_script():
 def test_help_defaults_come_from_the_config_dataclasses():
     from scalenet.cli import build_parser
     from scalenet.detection import DetectConfig
+    from scalenet.allocation import SEED_IMAGES
     from scalenet.engine import TrainConfig
 
     parser = build_parser()
@@ -98,6 +99,6 @@ def test_help_defaults_come_from_the_config_dataclasses():
     assert help_of("train", "--epochs") == f"default {TrainConfig().epochs}"
     assert help_of("train", "--batch-size") == f"default {TrainConfig().batch_size}"
     assert f"(default {TrainConfig().wd})" in help_of("train", "--wd")
-    assert help_of("allocate", "--epochs") == "default 5"  # the seed network's own default
+    assert help_of("allocate", "--epochs") == f"default the fewest that show each seed network {SEED_IMAGES:,} images"
     assert help_of("detect-train", "--lr").startswith(f"default {DetectConfig().lr} ")
     assert f"(default {DetectConfig().min_size}," in help_of("detect-train", "--min-size")

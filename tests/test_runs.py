@@ -8,7 +8,7 @@ from torch import nn
 
 from scalenet.checkpoint import read_state_dict
 from scalenet.data import ShardSampler
-from scalenet.runs import DistContext, RunDir, TrainingError, Updater, check_same_run, fit, train_one_epoch
+from scalenet.runs import DistContext, RunDir, TrainingError, Updater, check_same_run, fit, in_processes, train_one_epoch
 
 
 class Batches:
@@ -147,3 +147,17 @@ def test_fit_learns_saves_best_and_resumes_exactly(tmp_path):
     task.identity = lambda: {"shape": [3, 1]}
     with pytest.raises(ValueError, match="holds a run with a different shape"):
         fit(task, model, updater, loader, epochs=5, run=run, d=DistContext(), resume=True, progress=False)
+
+
+def _square_and_threads(x):
+    return x * x, torch.get_num_threads()
+
+
+def test_in_processes_keeps_the_order_splits_the_cores_and_reports_each_result():
+    seen = []
+    results = in_processes(_square_and_threads, [1, 2, 3], jobs=2, on_result=lambda i, r: seen.append(i))
+    assert [r[0] for r in results] == [1, 4, 9] and sorted(seen) == [0, 1, 2]
+    assert all(r[1] == max(1, torch.get_num_threads() // 2) for r in results)
+    assert [r[0] for r in in_processes(_square_and_threads, [4], jobs=1)] == [16]
+    with pytest.raises(ValueError, match="--jobs must be 1 or more"):
+        in_processes(_square_and_threads, [1], jobs=0)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union
@@ -45,6 +47,14 @@ __all__ = [
     "select_global",
     "SELECTORS",
     "select",
+    "combine_union",
+    "combine_mean",
+    "COMBINES",
+    "DEFAULT_REPEATS",
+    "DEFAULT_COMBINE",
+    "SEED_IMAGES",
+    "seed_epochs",
+    "SeedRun",
     "AllocationResult",
     "seed_structure",
     "minimum_macs",
@@ -338,6 +348,90 @@ def select(
     return structure, kept
 
 
+# ---------------------------------------------------------------------------- several seed networks
+def combine_union(runs: Sequence[list[BlockScores]]) -> list[BlockScores]:
+    """One ranking from N runs' scores, at the level of scales (neurons are not aligned across
+    independently trained networks, so neuron-wise averages would mean nothing).
+
+    Per block and scale, the N runs' neurons are pooled and sorted by score (scores are
+    normalised per run and block by the importance); the ``j``-th combined neuron of that scale
+    scores as the ``(j+1)N``-th best of the pool. Keeping the top ``k`` combined neurons thus
+    keeps about ``1/N`` of each scale's share of the pool's top ``Nk``: "rank the union, keep
+    N times as many, divide the counts by N", in a form every selector and budget accepts.
+    """
+    if len(runs) == 1:
+        return list(runs[0])
+    n = len(runs)
+    out = []
+    for blocks in zip(*runs):
+        scores = []
+        for i in range(len(blocks[0].scores)):
+            pool = sorted((v for b in blocks for v in b.scores[i]), reverse=True)
+            scores.append([pool[(j + 1) * n - 1] for j in range(len(pool) // n)])
+        out.append(BlockScores(blocks[0].block, scores, blocks[0].costs))
+    return out
+
+
+def _round_to_total(values: Sequence[float], total: int) -> list[int]:
+    """Integers summing to ``total``, each the floor of its value or one more (largest remainders
+    first; ties to the finer scale)."""
+    floors = [int(v) for v in values]
+    order = sorted(range(len(values)), key=lambda i: (-(values[i] - floors[i]), i))
+    for i in order[: max(0, total - sum(floors))]:
+        floors[i] += 1
+    return floors
+
+
+def combine_mean(structures: Sequence[Structure], seed: Structure, budget: Budget | None = None,
+                 num_classes: int = 1000, in_chans: int = 3) -> Structure:
+    """The runs' own allocations, averaged per block and scale and rounded (block totals kept).
+
+    With a :class:`MacsBudget` the rounding is then corrected neuron by neuron, the most
+    under-rounded count first when below the budget, the most over-rounded first when above
+    (MACs are linear in the counts, so the unrounded mean meets the budget as each run does).
+    """
+    rows = [[row[:-1] for row in s.rows] for s in structures]
+    mean = [[statistics.mean(r[b][i] for r in rows) for i in range(len(seed.scales))] for b in range(len(seed.rows))]
+    channels = [_round_to_total(m, max(1, round(sum(m)))) for m in mean]
+    if isinstance(budget, MacsBudget):
+        costs = CostModel(seed, num_classes, in_chans)
+        pool = [row[:-1] for row in seed.rows]
+        cells = [(b, i) for b in range(len(mean)) for i in range(len(seed.scales))]
+
+        def total() -> int:
+            return costs.base + sum(c * k for ch, ks in zip(channels, costs.costs) for c, k in zip(ch, ks))
+
+        while not budget.reached(total()):
+            options = [(mean[b][i] - channels[b][i], -b, -i, b, i) for b, i in cells
+                       if channels[b][i] < pool[b][i] and budget.fits(total() + costs.costs[b][i])]
+            if not options:
+                break
+            *_, b, i = max(options)
+            channels[b][i] += 1
+        while not budget.fits(total()):
+            options = [(channels[b][i] - mean[b][i], -b, -i, b, i) for b, i in cells
+                       if channels[b][i] > 0 and sum(channels[b]) > 1]
+            if not options:
+                break
+            *_, b, i = max(options)
+            channels[b][i] -= 1
+    return Structure.from_channels(channels, seed.layers, scales=seed.scales, stem=seed.stem, width=seed.width,
+                                   image_size=seed.image_size)
+
+
+#: How ``allocate(repeats=N)`` combines its N seed networks.
+COMBINES = ("mean", "union")
+#: Defaults chosen by measurement (benchmarks/allocation_agreement.py, demo setting): single
+#: seed networks agree no better than chance, however long they train; 16 networks of one
+#: epoch each, averaged, agree at 0.34x / 0.19x / 0.28x chance by stage (``union``: 0.32x /
+#: 0.22x / 0.33x), and take about 4 minutes on 2 cores, two at a time.
+DEFAULT_REPEATS = 16
+DEFAULT_COMBINE = "mean"
+#: Each seed network trains for the fewest whole epochs that show it this many images (one
+#: epoch of the demo's 8,000; longer schedules did not make the rankings agree more).
+SEED_IMAGES = 8000
+
+
 # ---------------------------------------------------------------------------- the whole allocation
 def seed_structure(
     layers: Sequence[int],
@@ -371,24 +465,48 @@ def minimum_macs(seed: Structure, num_classes: int = 1000, in_chans: int = 3) ->
 
 
 @dataclass
+class SeedRun:
+    """One trained seed network: its seed, its neurons' scores, its own allocation under the
+    budget, and its training records."""
+
+    seed: int
+    scores: list[BlockScores]
+    structure: Structure
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class AllocationResult:
     structure: Structure
-    scores: list[BlockScores]
+    scores: list[BlockScores]  # the combined ranking (the one run's scores when repeats=1)
     seed: Structure
     settings: dict[str, Any] = field(default_factory=dict)
-    kept: list[list[list[int]]] = field(default_factory=list)  # per block, per scale: kept neuron indices
-    seed_metrics: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[list[list[int]]] = field(default_factory=list)  # per block, per scale: kept (combined) neuron indices
+    runs: list[SeedRun] = field(default_factory=list)
+    agreement: dict[str, Any] = field(default_factory=dict)  # scalenet.agreement.agreement_report of the runs
+
+    @property
+    def seed_metrics(self) -> list[dict[str, Any]]:
+        return self.runs[0].metrics if self.runs else []
 
     def sidecar(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
             "seed": self.seed.to_json(),
-            "seed_metrics": self.seed_metrics,
             "macs": self.structure.macs(num_classes=self.settings.get("num_classes", 1000),
                                         in_chans=self.settings.get("in_chans", 3)),
+            "agreement": self.agreement,
             "blocks": [
-                {"block": b.block, "scales": list(self.seed.scales), "scores": b.scores, "costs": b.costs, "kept": k}
-                for b, k in zip(self.scores, self.kept)
+                {"block": spec.name, "scales": list(self.seed.scales), "channels": list(row[:-1]),
+                 "costs": self.seed.neuron_macs(spec),
+                 # the combined ranking and the kept indices in it (a union of runs, or the one run)
+                 "scores": self.scores[b].scores if self.scores else None, "kept": self.kept[b] if self.kept else None}
+                for b, (spec, row) in enumerate(zip(self.seed.blocks(), self.structure.rows))
+            ],
+            "runs": [
+                {"seed": r.seed, "rows": [list(row) for row in r.structure.rows], "metrics": r.metrics,
+                 "scores": [b.scores for b in r.scores]}
+                for r in self.runs
             ],
         }
 
@@ -406,7 +524,8 @@ class AllocationResult:
         self.structure.save(path, bare=bare)
         atomic_write_text(sidecar, json.dumps(self.sidecar()) + "\n")
         default_title = f"{path.stem}: learned neurons per scale ({self.settings.get('data', 'data')})"
-        plot_allocation(self.structure, chart, title=title or default_title)
+        runs = [r.structure for r in self.runs] if len(self.runs) > 1 else None
+        plot_allocation(self.structure, chart, title=title or default_title, runs=runs)
         return {"structure": path, "sidecar": sidecar, "chart": chart}
 
 
@@ -432,18 +551,36 @@ def allocate(
     alpha: float = 0.0,
     importance: Importance | None = None,
     sparsity: float = 0.0,
+    repeats: int = DEFAULT_REPEATS,
+    combine: str = DEFAULT_COMBINE,
+    jobs: int | None = None,
     train_config=None,
     name: str | None = None,
 ) -> AllocationResult:
-    """Trains a seed network on ``data`` (a :class:`~scalenet.data.DataSpec`) and selects neurons.
+    """Trains ``repeats`` seed networks on ``data`` (a :class:`~scalenet.data.DataSpec`), seeds
+    ``s`` to ``s + repeats - 1`` (``s``: the training config's seed), and selects neurons from
+    their combined scores (``combine``: :func:`combine_union` or :func:`combine_mean`),
+    ``jobs`` of them at a time (:func:`scalenet.runs.in_processes`; None: one per CPU core, or one
+    with CUDA).
 
     The budget is ``width_mult`` (default 1.0) or ``macs``; ``sparsity`` adds a
-    :class:`BNScaleL1` penalty while the seed trains. Returns the allocated
-    :class:`Structure`, the per-neuron scores and the settings. The budget is checked before
-    any training, so an impossible one fails fast.
+    :class:`BNScaleL1` penalty while the seeds train. Returns the allocated
+    :class:`Structure`, the scores, each run's own allocation and their agreement against
+    chance (:func:`scalenet.agreement.agreement_report`). Bad settings (an impossible budget,
+    ``repeats < 1``) fail before any training.
     """
-    from .engine import TrainConfig, train
+    from .agreement import agreement_report
+    from .engine import TrainConfig
+    from .runs import auto_jobs, in_processes
 
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"--repeats must be a whole number of seed networks, 1 or more; got {repeats}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be 1 or more, got {jobs}")
+    if combine not in COMBINES:
+        raise ValueError(f"combine {combine!r} is unknown; use {' or '.join(COMBINES)}")
+    if scope not in SELECTORS:
+        raise ValueError(f"scope {scope!r} is unknown; use {' or '.join(SELECTORS)}")
     layout = default_layout(data.image_size)
     layers = tuple(layers or layout["layers"])
     seed = seed_structure(
@@ -452,29 +589,59 @@ def allocate(
     )
     budget = budget_from(1.0 if width_mult is None and macs is None else width_mult, macs)
     budget.check(CostModel(seed, data.num_classes, data.in_chans))  # fail before training
-    if scope not in SELECTORS:
-        raise ValueError(f"scope {scope!r} is unknown; use {' or '.join(SELECTORS)}")
-    regularizer = BNScaleL1(sparsity) if sparsity else None
-    cfg = train_config or TrainConfig(epochs=5)
-    result = train(seed, data, cfg, None, description="seed", regularizer=regularizer)
     importance = importance or BNScale(alpha)
-    scores = importance(result.model, seed, data.image_size)
-    structure, kept = select(scores, seed, budget, scope=scope, num_classes=data.num_classes, in_chans=data.in_chans)
+    cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
+    selection = dict(scope=scope, num_classes=data.num_classes, in_chans=data.in_chans)
+    jobs = auto_jobs(repeats) if jobs is None else jobs
+    payloads = [
+        dict(seed=seed, data=data, sparsity=sparsity, importance=importance,
+             cfg=dataclasses.replace(cfg, seed=cfg.seed + r, progress=cfg.progress and jobs == 1),
+             label="seed" if repeats == 1 else f"seed {r + 1}/{repeats}")
+        for r in range(repeats)
+    ]
+    trained = in_processes(_train_seed_network, payloads, jobs)
+    runs = [SeedRun(p["cfg"].seed, scores, select(scores, seed, budget, **selection)[0], metrics)
+            for p, (scores, metrics) in zip(payloads, trained)]
+    if combine == "union":
+        combined = combine_union([r.scores for r in runs])
+        structure, kept = select(combined, seed, budget, **selection)
+    else:
+        combined, kept = [], []
+        structure = combine_mean([r.structure for r in runs], seed, budget, data.num_classes, data.in_chans)
+        if isinstance(budget, MacsBudget):
+            budget.verify(structure.macs(None, data.num_classes, data.in_chans))
     settings = {
         "data": data.name, "image_size": data.image_size, "num_classes": data.num_classes, "in_chans": data.in_chans,
         "layers": list(layers), "scales": list(seed.scales), "seed_width": seed_width, **budget.settings(),
         "scope": scope, "alpha": alpha, "importance": type(importance).__name__,
         "normalizer": getattr(importance, "normalizer", None), "sparsity": sparsity, "seed_epochs": cfg.epochs,
-        "seed": cfg.seed,
+        "seed": cfg.seed, "repeats": repeats, "combine": combine,
     }
+    agreement = agreement_report([r.structure for r in runs], seed)
     meta = {
         "allocation": settings,
         "macs": structure.macs(None, data.num_classes, data.in_chans),
         "params": structure.params(data.num_classes, data.in_chans),
-        "seed_val_top1": result.final.get("val_top1"),
+        "seed_val_top1": statistics.mean(r.metrics[-1]["val_top1"] for r in runs) if runs[0].metrics else None,
+        "agreement": {f"stage{s['stage']}": {k: s[k] for k in ("ratio", "z")} for s in agreement["stages"]},
     }
     structure = replace(structure, name=name, meta=meta)
-    return AllocationResult(structure, scores, seed, settings, kept, result.metrics)
+    return AllocationResult(structure, combined, seed, settings, kept, runs, agreement)
+
+
+def seed_epochs(train_images: int) -> int:
+    """The default seed schedule: the fewest whole epochs that show a seed network
+    :data:`SEED_IMAGES` images."""
+    return max(1, -(-SEED_IMAGES // max(1, train_images)))
+
+
+def _train_seed_network(p: dict[str, Any]) -> tuple[list[BlockScores], list[dict[str, Any]]]:
+    """Trains one seed network and scores its neurons (in a worker process when several run at once)."""
+    from .engine import train
+
+    trained = train(p["seed"], p["data"], p["cfg"], None, description=p["label"],
+                    regularizer=BNScaleL1(p["sparsity"]) if p["sparsity"] else None)
+    return p["importance"](trained.model, p["seed"], p["data"].image_size), trained.metrics
 
 
 def stage_summary(structure: Structure) -> list[dict[str, Any]]:

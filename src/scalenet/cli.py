@@ -94,7 +94,7 @@ _TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "wd", "warmup", "label_smoothing
 _TRAIN_FLAGS = ("amp", "channels_last", "compile", "no_bn_wd")
 
 
-def add_training_arguments(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
+def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None = None) -> None:
     """The training options of train and allocate (None: the config's default, shown in the help)."""
     from .engine import TrainConfig
 
@@ -186,10 +186,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- allocate
-ALLOCATE_SEED_EPOCHS = 5
-
-
 def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
+    from .allocation import COMBINES, DEFAULT_COMBINE, DEFAULT_REPEATS, SEED_IMAGES
+
     p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
     p.add_argument("--out", required=True, metavar="structure.json", help="the structure file to write")
     budget = p.add_mutually_exclusive_group()
@@ -200,30 +199,39 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.0, help="score |gamma| / cost^alpha (the paper: 0)")
     p.add_argument("--sparsity", type=float, default=0.0, help="L1 weight on the SA-branch BN scales while the seed trains")
     p.add_argument("--scope", choices=["block", "global"], default="block", help="rank per block (the paper) or across blocks")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                   help=f"seed networks to train (seeds SEED to SEED+N-1) and combine (default {DEFAULT_REPEATS})")
+    p.add_argument("--combine", choices=list(COMBINES), default=DEFAULT_COMBINE,
+                   help=f"mean: average the runs' own allocations; union: rank all runs' neurons together per block "
+                        f"and scale (default {DEFAULT_COMBINE})")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="seed networks trained at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")
     p.add_argument("--layers", type=_int_list, default=None, help="blocks per stage (default by image size)")
     p.add_argument("--width", type=_positive_int, default=None, help="planes of stage 1 (default by image size)")
     p.add_argument("--bare", action="store_true", help="write the release's bare-list format")
     p.add_argument("--then-train", type=_positive_int, default=None, metavar="EPOCHS", help="then train the result from scratch")
     p.add_argument("--run-dir", default=None, help="run directory for --then-train (default: OUT_run)")
-    add_training_arguments(p, epochs=ALLOCATE_SEED_EPOCHS)
+    add_training_arguments(p, epochs=f"the fewest that show each seed network {SEED_IMAGES:,} images")
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from .allocation import allocate, format_stage_summary
+    from .agreement import format_agreement
+    from .allocation import allocate, format_stage_summary, seed_epochs
     from .engine import train
     from .fileio import check_output_file
 
     out = check_output_file(args.out, "--out", "structure.json")
-    cfg = _train_config(args, epochs=ALLOCATE_SEED_EPOCHS)
-    data = _data(args, cfg.seed)
+    data = _data(args, args.seed if args.seed is not None else 0)
+    cfg = _train_config(args, epochs=seed_epochs(len(data.train)))
     result = allocate(
         data, layers=args.layers, width=args.width, scales=args.scales, seed_width=args.seed_width,
         width_mult=args.width_mult, macs=args.macs, scope=args.scope, alpha=args.alpha, sparsity=args.sparsity,
-        train_config=cfg, name=out.stem,
+        repeats=args.repeats, combine=args.combine, jobs=args.jobs, train_config=cfg, name=out.stem,
     )
     paths = result.save(out, bare=args.bare)
     s = result.structure
     print(format_stage_summary(s))
+    print(format_agreement(result.agreement))
     print(
         f"{out}: {s.macs(None, data.num_classes, data.in_chans):,} MACs, {s.params(data.num_classes, data.in_chans):,} "
         f"params (seed network {result.seed.macs(None, data.num_classes, data.in_chans):,} MACs); "
@@ -234,6 +242,54 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         trained = train(s, data, dataclasses.replace(cfg, epochs=args.then_train), run_dir)
         print(f"{out.stem}: val top-1 {100 * trained.final['val_top1']:.2f}% after {args.then_train} epochs; "
               f"run in {run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- study
+_STUDY_OPTIONS = ("seeds", "seed", "width_mult", "macs", "layers", "width", "image_size", "epochs", "batch_size", "lr",
+                  "wd", "warmup", "train_subset", "val_subset", "repeats", "seed_epochs", "seed_subset", "jobs")
+
+
+def add_study_arguments(p: argparse.ArgumentParser) -> None:
+    from .study import ARMS, StudyConfig
+
+    d = lambda name: _default(StudyConfig, name)  # noqa: E731
+    p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
+    p.add_argument("--out", required=True, metavar="STUDY_DIR", help="study directory (an unfinished study there resumes)")
+    p.add_argument("--arms", type=_names, default=None, help=f"comma-separated subset of {','.join(ARMS)} (default: all)")
+    p.add_argument("--seeds", type=int, default=None, help=f"training seeds per arm, at least 2 (default {d('seeds')})")
+    p.add_argument("--seed", type=int, default=None, help=f"first seed (default {d('seed')})")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--width-mult", type=float, default=None, help="the learned arm's budget (default 1.0)")
+    budget.add_argument("--macs", type=_positive_int, default=None, help="MACs of every arm (within 1%%)")
+    p.add_argument("--layers", type=_int_list, default=None, help="blocks per stage (default by image size)")
+    p.add_argument("--width", type=_positive_int, default=None, help="planes of stage 1 (default by image size)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="default: from the data")
+    p.add_argument("--epochs", type=_positive_int, default=None, help=f"training epochs of every run (default {d('epochs')})")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {d('batch_size')}")
+    p.add_argument("--lr", type=float, default=None, help=f"default {d('lr')}")
+    p.add_argument("--wd", type=float, default=None, help=f"default {d('wd')}")
+    p.add_argument("--warmup", type=float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
+    p.add_argument("--augment", action="store_true", help="crop + flip while training (default: off)")
+    p.add_argument("--train-subset", type=_positive_int, default=None, help="train every run on a random subset of N images")
+    p.add_argument("--val-subset", type=_positive_int, default=None,
+                   help=f"per-epoch validation images (default {d('val_subset')}; the final test uses all)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="seed networks of the learned arm's allocation")
+    p.add_argument("--seed-epochs", type=_positive_int, default=None, help=f"default {d('seed_epochs')}")
+    p.add_argument("--seed-subset", type=_positive_int, default=None, help=f"images for the seed networks (default {d('seed_subset')})")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="trainings run at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import ARMS, StudyConfig, format_study, run_study
+
+    cfg = _config(StudyConfig, args, _STUDY_OPTIONS, data=args.data, arms=tuple(args.arms or ARMS),
+                  augment=args.augment, progress=not args.no_progress)
+    report = run_study(cfg, args.out)
+    print(format_study(report))
+    print(f"written: {Path(args.out) / 'study.json'}, study.md, study.png")
     return 0
 
 
@@ -420,6 +476,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "eval": ("top-1/top-5 of a training checkpoint", add_eval_arguments, cmd_eval),
     "allocate": ("learn each block's neurons per scale from data (train a seed, rank |gamma|)", add_allocate_arguments,
                  cmd_allocate),
+    "study": ("is the allocation worth it? learned vs uniform, random, ResNet and a heuristic at matched MACs, "
+              "over seeds", add_study_arguments, cmd_study),
     "demo": ("the whole pipeline on Fashion-MNIST: allocate, train, compare, report", add_demo_arguments, cmd_demo),
     "export": ("ONNX export (opset 17, dynamic batch), checked in onnxruntime", add_export_arguments, cmd_export),
     "bench": ("latency/throughput against ResNet-50, SE-ResNet-50 and ResNeXt-50, interleaved", add_bench_arguments,

@@ -243,12 +243,14 @@ def train(
     resume: bool = False,
     description: str | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Trains ``structure`` from scratch on ``data`` (or resumes ``run_dir/last.pt``).
 
     With ``run_dir=None`` nothing is written (used for short internal runs such as a seed
     network); otherwise checkpoints, ``metrics.jsonl`` and TensorBoard logs go there.
-    ``regularizer(model)`` is added to every step's loss (e.g. :class:`scalenet.allocation.BNScaleL1`).
+    ``regularizer(model)`` is added to every step's loss (e.g. :class:`scalenet.allocation.BNScaleL1`);
+    ``on_epoch(model, record)`` runs after each epoch.
     """
     d = setup_distributed()
     structure.check_input(data.image_size)
@@ -272,7 +274,7 @@ def train(
     updater = _updater(model, cfg, len(train_loader), d.device)
     task = ClassificationTask(structure, data, cfg, val_loader, d, description or structure.name or "model")
     result = fit(task, model, updater, train_loader, epochs=cfg.epochs, run=run, d=d, resume=resume,
-                 compile=cfg.compile, amp=cfg.amp, regularizer=regularizer, progress=cfg.progress,
+                 compile=cfg.compile, amp=cfg.amp, regularizer=regularizer, on_epoch=on_epoch, progress=cfg.progress,
                  tensorboard=cfg.tensorboard)
     return TrainResult(model=model, metrics=result.metrics, best_top1=result.best,
                        run_dir=run.path if run is not None else None)

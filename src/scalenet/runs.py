@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ __all__ = [
     "autocast",
     "progress_bar",
     "format_rate",
+    "in_processes",
+    "auto_jobs",
 ]
 
 
@@ -406,6 +408,7 @@ def fit(
     compile: bool = False,
     amp: bool = False,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     progress: bool = True,
     tensorboard: bool = False,
 ) -> FitResult:
@@ -415,6 +418,7 @@ def fit(
     ``sampler`` with ``set_epoch``. With ``run`` (rank 0 writes it) every epoch appends to
     ``metrics.jsonl`` and writes ``last.pt`` (``best.pt`` when ``task.metric`` improves);
     ``resume`` first restores ``run.last`` exactly. Without ``run`` nothing is written.
+    ``on_epoch(model, record)`` runs after each epoch's validation (e.g. to watch a ranking settle).
     """
     start, best, metrics = _restore(task, model, updater, run) if resume and run is not None else (0, task.initial_best, [])
     net = d.wrap(model, compile)
@@ -441,6 +445,8 @@ def fit(
             improved = task.metric in record and record[task.metric] > best
             best = max(best, record[task.metric]) if task.metric in record else best
             metrics.append(record)
+            if on_epoch is not None:
+                on_epoch(model, record)
             if d.main:
                 note_skipped = _report(task, desc, record, note_skipped)
             if run is not None and d.main:
@@ -494,3 +500,48 @@ def _log_scalars(writer, record: Mapping[str, Any], step: int) -> None:
         if k != "epoch" and isinstance(v, (int, float)):
             writer.add_scalar(k, v, step)
     writer.flush()
+
+
+# ---------------------------------------------------------------------------- several runs at once
+def _limit_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def auto_jobs(tasks: int) -> int:
+    """How many small trainings to run at once: one per core on CPU (measured on 2 cores: two
+    single-thread runs finish 1.56x sooner than one after the other with two threads), one
+    with CUDA (the runs share the GPU)."""
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(tasks, torch.get_num_threads()))
+
+
+def in_processes(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 1,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """``[fn(p) for p in payloads]``, ``jobs`` at a time in fresh worker processes that share
+    this process's cores (``cores // jobs`` threads each): small CPU trainings scale poorly
+    with threads, so two single-thread runs finish sooner than one two-thread run after the
+    other. ``fn`` must be importable (a module-level function); ``on_result(i, result)`` is
+    called as each finishes. ``jobs=1`` runs in this process."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be 1 or more, got {jobs}")
+    results: list[Any] = [None] * len(payloads)
+    if jobs == 1 or len(payloads) <= 1:
+        for i, p in enumerate(payloads):
+            results[i] = fn(p)
+            if on_result is not None:
+                on_result(i, results[i])
+        return results
+    import concurrent.futures as cf
+    import multiprocessing
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads,
+                                initargs=(threads,)) as pool:
+        futures = {pool.submit(fn, p): i for i, p in enumerate(payloads)}
+        for f in cf.as_completed(futures):
+            i = futures[f]
+            results[i] = f.result()
+            if on_result is not None:
+                on_result(i, results[i])
+    return results
