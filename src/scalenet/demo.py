@@ -17,20 +17,23 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from .allocation import allocate, format_stage_summary
+from .agreement import format_agreement
+from .allocation import DEFAULT_REPEATS, allocate, format_stage_summary, seed_structure
 from .bench import device_name
 from .data import build_data
-from .engine import TrainConfig, evaluate, train
+from .engine import TrainConfig, evaluate, model_from_checkpoint, train
 from .fileio import atomic_write_text
+from .runs import auto_jobs, in_processes
 from .report import plot_curves
 from .structure import Structure
+from .study import arm_structure
 from .timing import interleaved, summarize
 
-__all__ = ["PROFILES", "DemoProfile", "run_demo", "match_macs"]
+__all__ = ["PROFILES", "DemoProfile", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class DemoProfile:
     val_subset: int | None  # per-epoch validation
     note: str
     test_subset: int | None = None  # the final test; None: all 10,000 images
+    repeats: int = DEFAULT_REPEATS  # seed networks combined into the allocation
+    seed_jobs: int | None = None  # seed networks trained at once (None: one per CPU core, 1 with CUDA)
+    jobs: int | None = None  # models trained at once (likewise)
 
 
 PROFILES = {
@@ -75,51 +81,13 @@ PROFILES = {
 }
 
 
-def match_macs(build: Callable[[list[int]], Structure], start: Sequence[int], target: int, **count_kw: Any) -> Structure:
-    """Per-stage counts whose structure's MACs come closest to ``target`` (local search from ``start``)."""
-    counts = [max(1, int(c)) for c in start]
-
-    def gap(c: list[int]) -> int:
-        return abs(build(c).macs(**count_kw) - target)
-
-    best = gap(counts)
-    while True:
-        moves = []
-        for i in range(len(counts)):
-            for step in (-1, 1):
-                c = list(counts)
-                c[i] += step
-                if c[i] >= 1:
-                    moves.append((gap(c), c))
-        g, c = min(moves, key=lambda t: t[0])
-        if g >= best:
-            return build(counts)
-        best, counts = g, c
-
-
 def baselines(learned: Structure, num_classes: int, in_chans: int) -> dict[str, Structure]:
-    """The plain-ResNet and uniform-SA baselines at the learned structure's MACs."""
+    """The uniform-SA and plain-ResNet baselines at the learned structure's MACs (within 1%),
+    built as in ``scalenet study``."""
     target = learned.macs(None, num_classes, in_chans)
-    kw = dict(num_classes=num_classes, in_chans=in_chans)
-    planes = learned.stage_planes()
-    common = dict(stem=learned.stem, width=learned.width, image_size=learned.image_size)
-
-    def resnet(c: list[int]) -> Structure:
-        return Structure.uniform(learned.layers, c, scales=(1,), name="resnet", **common)
-
-    def uniform(c: list[int]) -> Structure:
-        return Structure.uniform(learned.layers, c, scales=learned.scales, name="uniform", **common)
-
-    n = len(learned.scales)
-    out = {
-        "resnet": match_macs(resnet, planes, target, **kw),
-        "uniform": match_macs(uniform, [max(1, p // n) for p in planes], target, **kw),
-    }
-    for name, s in out.items():
-        got = s.macs(None, num_classes, in_chans)
-        if abs(got - target) > 0.03 * target:
-            raise ValueError(f"could not match the {name} baseline's MACs within 3% ({got:,} vs {target:,})")
-    return out
+    pool = seed_structure(learned.layers, scales=learned.scales, stem=learned.stem, width=learned.width,
+                          image_size=learned.image_size)
+    return {arm: arm_structure(arm, pool, target, num_classes, in_chans) for arm in ("uniform", "resnet")}
 
 
 def cpu_latency(models: dict[str, torch.nn.Module], shape: Sequence[int], repeats: int = 15) -> dict[str, dict[str, float]]:
@@ -159,55 +127,62 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
                            channels_last=True, seed=seed, progress=progress, tensorboard=True)
 
     # 1. allocation
-    print(f"[1/4] allocating: seed network on {len(seed_data.train)} images, {p.seed_epochs} epochs", flush=True)
+    seed_jobs = p.seed_jobs if p.seed_jobs is not None else auto_jobs(p.repeats)
+    print(f"[1/4] allocating: {p.repeats} seed network(s) on {len(seed_data.train)} images, {p.seed_epochs} epoch(s) "
+          f"each, {seed_jobs} at a time", flush=True)
     t = time.perf_counter()
-    alloc = allocate(seed_data, layers=p.layers, width=p.width, width_mult=p.width_mult,
-                     train_config=replace(base_cfg, epochs=p.seed_epochs, tensorboard=False), name="scalenet")
+    alloc = allocate(seed_data, layers=p.layers, width=p.width, width_mult=p.width_mult, repeats=p.repeats,
+                     jobs=seed_jobs, train_config=replace(base_cfg, epochs=p.seed_epochs, tensorboard=False),
+                     name="scalenet")
     learned = alloc.structure
     allocation_seconds = time.perf_counter() - t
     alloc.save(out / "scalenet.json", chart=out / "allocation.png",
                title="Learned allocation on Fashion-MNIST (share of neurons per scale)")
     print(format_stage_summary(learned), flush=True)
+    print(format_agreement(alloc.agreement), flush=True)
 
     # 2-3. the learned network and the baselines, same recipe
     structures = {"scalenet": learned, **baselines(learned, data.num_classes, data.in_chans)}
     for name, s in structures.items():
         if name != "scalenet":
             s.save(out / f"{name}.json")
+    jobs = p.jobs if p.jobs is not None else auto_jobs(len(structures) * p.seeds)
+    print(f"[2/4] training {', '.join(structures)} at {learned.macs(None, 10, 1):,} MACs, {p.seeds} run(s) each, "
+          f"{jobs} at a time", flush=True)
+    payloads = [
+        dict(name=name, structure=s, data=data, test=test, cfg=replace(base_cfg, seed=seed + r, progress=progress and jobs == 1),
+             run_dir=out / "runs" / (name if p.seeds == 1 else f"{name}-seed{seed + r}"))
+        for name, s in structures.items() for r in range(p.seeds)
+    ]
+    trained = in_processes(_train_and_test, payloads, jobs)
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
     models: dict[str, torch.nn.Module] = {}
-    for i, (name, s) in enumerate(structures.items()):
-        runs = []
-        for r in range(p.seeds):
-            print(f"[{2 + (i > 0)}/4] training {name} ({s.macs(None, 10, 1):,} MACs), run {r + 1}/{p.seeds}", flush=True)
-            run_dir = out / "runs" / (name if p.seeds == 1 else f"{name}-seed{seed + r}")
-            t = time.perf_counter()
-            result = train(s, data, replace(base_cfg, seed=seed + r), run_dir, description=name)
-            seconds = time.perf_counter() - t
-            final = evaluate(result.model, test.loader("val", 500))
-            runs.append({"top1": final["top1"], "top5": final["top5"], "train_seconds": seconds, "seed": seed + r})
-            curves[name if r == 0 else f"{name} (seed {seed + r})"] = result.metrics
-            models.setdefault(name, result.model)
-        top1 = [r["top1"] for r in runs]
+    for name, s in structures.items():
+        runs = [(pl, t) for pl, t in zip(payloads, trained) if pl["name"] == name]
+        for pl, t in runs:
+            curves[name if pl["cfg"].seed == seed else f"{name} (seed {pl['cfg'].seed})"] = t["metrics"]
+        models[name] = model_from_checkpoint(runs[0][0]["run_dir"] / "best.pt")[0]
+        top1 = [t["top1"] for _, t in runs]
         results[name] = {
             "top1": statistics.mean(top1),
             "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
             "top1_runs": top1,
-            "top5": statistics.mean(r["top5"] for r in runs),
+            "top5": statistics.mean(t["top5"] for _, t in runs),
             "macs": s.macs(None, data.num_classes, data.in_chans),
             "params": s.params(data.num_classes, data.in_chans),
-            "train_seconds": sum(r["train_seconds"] for r in runs),
+            "train_seconds": sum(t["train_seconds"] for _, t in runs),
             "structure": f"{name}.json",
         }
 
     # 4. latency, side by side
-    print("[4/4] measuring CPU latency and writing the report", flush=True)
+    print("[3/4] measuring CPU latency", flush=True)
     for name, lat in cpu_latency({k: m.cpu() for k, m in models.items()}, (1, 1, 28, 28)).items():
         results[name]["latency_ms_batch1"] = lat["median_ms"]
     for name, lat in cpu_latency({k: m for k, m in models.items()}, (256, 1, 28, 28), repeats=5).items():
         results[name]["latency_ms_batch256"] = lat["median_ms"]
 
+    print("[4/4] writing the report", flush=True)
     plot_curves(curves, out / "curves.png", title="Fashion-MNIST: training loss and per-epoch validation accuracy")
     report = {
         "profile": asdict(p),
@@ -218,6 +193,9 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
         "test_images": len(test.val),
         "notes": [p.note, *data.notes],
         "models": results,
+        "agreement": alloc.agreement["stages"],
+        "agreement_runs": alloc.agreement["runs"],
+        "study_findings": study_findings(),
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "report.md", render_markdown(report, learned))
@@ -248,6 +226,7 @@ def render_markdown(report: dict[str, Any], learned: Structure) -> str:
             f"| {name} | {descriptions[name]} | {acc} | {r['macs'] / 1e6:.2f} M | {r['params'] / 1e3:.1f} K | "
             f"{r['latency_ms_batch1']:.2f} ms | {r['latency_ms_batch256']:.0f} ms |"
         )
+    lines += ["", *_agreement_lines(report)]
     lines += [
         "",
         f"Test top-1 on {report['test_images']:,} Fashion-MNIST test images"
@@ -258,6 +237,8 @@ def render_markdown(report: dict[str, Any], learned: Structure) -> str:
         "![allocation](allocation.png)",
         "",
         "![curves](curves.png)",
+        "",
+        "Is the allocation worth it? " + report["study_findings"],
         "",
         "Learned allocation, per stage:",
         "",
@@ -272,3 +253,49 @@ def render_markdown(report: dict[str, Any], learned: Structure) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _train_and_test(p: dict[str, Any]) -> dict[str, Any]:
+    """Trains one model (in a worker process when several run at once) and tests its last epoch's
+    weights on the whole test split."""
+    t = time.perf_counter()
+    result = train(p["structure"], p["data"], p["cfg"], p["run_dir"], description=p["name"])
+    seconds = time.perf_counter() - t
+    final = evaluate(result.model, p["test"].loader("val", 500))
+    return {"top1": final["top1"], "top5": final["top5"], "train_seconds": seconds, "metrics": result.metrics}
+
+
+def _agreement_lines(report: dict[str, Any]) -> list[str]:
+    n = report["agreement_runs"]
+    lines = [
+        f"Reproducibility of the allocation: its {n} seed network(s) against chance (random draws of as many neurons "
+        "from the seed's pool), by stage. Ratio: their mean pairwise TV distance over chance's (below 1: they agree "
+        "better than chance); z: how far their mean allocation sits from the uniform split, in standard deviations "
+        "of chance's.",
+        "",
+        "| stage | " + " | ".join(str(s["stage"]) for s in report["agreement"]) + " |",
+        "|---|" + "---:|" * len(report["agreement"]),
+        "| ratio to chance | " + " | ".join("-" if s["ratio"] is None else f"{s['ratio']:.2f}x" for s in report["agreement"]) + " |",
+        "| preference z | " + " | ".join("-" if s["z"] is None else f"{s['z']:.1f}" for s in report["agreement"]) + " |",
+    ]
+    return lines
+
+
+def study_findings(results: Path | None = None) -> str:
+    """One or two sentences on what the committed ``scalenet study`` results found (learned minus
+    uniform, paired by seed, with the 95% interval), or where to find out."""
+    results = results or Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    found = []
+    for path in sorted(results.glob("study-fashion-mnist-*/study.json")):
+        r = json.loads(path.read_text())
+        c = r["comparisons"].get("learned - uniform")
+        if c is None:
+            continue
+        verdict = ("beats the uniform split" if c["low"] > 0 else "loses to the uniform split" if c["high"] < 0
+                   else "is not distinguishable from the uniform split")
+        found.append(f"at {r['target_macs'] / 1e6:.2f} M MACs ({path.parent.name}, {r['settings']['seeds']} seeds) the "
+                     f"learned allocation {verdict}: {100 * c['mean']:+.2f} points, 95% interval "
+                     f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]")
+    if not found:
+        return "No study results here; run `scalenet study --data fashion-mnist --out runs/study` (see the README)."
+    return "The committed studies (`scalenet study`, benchmarks/results/) found: " + "; ".join(found) + "."
