@@ -275,7 +275,8 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-subset", type=_positive_int, default=None,
                    help=f"per-epoch validation images (default {d('val_subset')}; the final test uses all)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="seed networks of the learned arm's allocation")
-    p.add_argument("--seed-epochs", type=_positive_int, default=None, help=f"default {d('seed_epochs')}")
+    p.add_argument("--seed-epochs", type=_positive_int, default=None,
+                   help="epochs of each seed network (default: as scalenet allocate, one per 8,000 images)")
     p.add_argument("--seed-subset", type=_positive_int, default=None, help=f"images for the seed networks (default {d('seed_subset')})")
     p.add_argument("--jobs", type=int, default=None,
                    help="trainings run at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")

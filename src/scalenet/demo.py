@@ -64,19 +64,21 @@ PROFILES = {
     # sized for 15 minutes on a 2-core CPU: short runs on subsets, no augmentation (it slows
     # convergence in runs this short)
     "quick": DemoProfile(
-        name="quick", layers=(1, 1, 1), width=12, width_mult=1.0, seed_epochs=2, seed_subset=8000,
+        name="quick", layers=(1, 1, 1), width=12, width_mult=1.0, seed_epochs=1, seed_subset=8000,
         epochs=2, train_subset=50000, batch_size=64, lr=0.1, wd=5e-4, warmup=0.2, augment=False, seeds=1,
-        val_subset=2000,
-        note="quick profile: seed network on 8,000 training images for 2 epochs; each model on 50,000 of the "
-             "60,000 training images for 2 epochs without augmentation (it slows convergence in runs this short); "
-             "one training run per model; per-epoch validation on 2,000 test images",
+        val_subset=2000, jobs=3,
+        note="quick profile: 16 seed networks (scalenet allocate's default) on 8,000 training images for one epoch "
+             "each, two at a time; each model on 50,000 of the 60,000 training images for 2 epochs without "
+             "augmentation (it slows convergence in runs this short), the three at once; one training run per "
+             "model; per-epoch validation on 2,000 test images",
     ),
     # meant for a GPU: full data, augmentation, longer schedule, three seeds
     "full": DemoProfile(
-        name="full", layers=(2, 2, 2), width=28, width_mult=1.0, seed_epochs=15, seed_subset=None,
+        name="full", layers=(2, 2, 2), width=28, width_mult=1.0, seed_epochs=2, seed_subset=None,
         epochs=60, train_subset=None, batch_size=128, lr=0.1, wd=5e-4, warmup=2, augment=True, seeds=3,
         val_subset=None,
-        note="full profile: all 60,000 training images, crop + flip, 60 epochs, three seeds per model",
+        note="full profile: 16 seed networks of 2 epochs on all 60,000 training images; each model on all of them, "
+             "crop + flip, 60 epochs, three seeds per model",
     ),
 }
 

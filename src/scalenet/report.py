@@ -62,6 +62,7 @@ def plot_allocation(structure: Structure, path: str | os.PathLike, title: str | 
     ax.set_title(title or f"{structure.name or 'structure'}: neurons per scale", pad=22)
     if runs:
         _plot_spread(spread, structure, runs)
+        fig.tight_layout()
     return _save(fig, path)
 
 

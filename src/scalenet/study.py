@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from .allocation import (
-    BlockScores, MacsBudget, WidthBudget, allocate, default_layout, seed_structure, select, stage_summary,
+    BlockScores, MacsBudget, WidthBudget, allocate, default_layout, seed_epochs, seed_structure, select, stage_summary,
 )
 from .fileio import atomic_write_text
 from .runs import auto_jobs, in_processes
@@ -69,7 +69,7 @@ class StudyConfig:
     val_subset: int | None = 2000  # per-epoch validation; the final test uses the whole split
     # the learned arm's allocation
     repeats: int | None = None  # None: the library's default
-    seed_epochs: int = 2
+    seed_epochs: int | None = None  # None: the library's default (one epoch per 8,000 images)
     seed_subset: int | None = 8000
     jobs: int | None = None  # concurrent trainings (each with cores / jobs threads); None: one per CPU core
     progress: bool = True
@@ -212,7 +212,7 @@ def _learned(cfg: StudyConfig, out: Path) -> Structure:
     kwargs = {"jobs": cfg.jobs, **({} if cfg.repeats is None else {"repeats": cfg.repeats})}
     result = allocate(
         data, layers=layout["layers"], width=layout["width"], width_mult=cfg.width_mult, macs=cfg.macs,
-        train_config=TrainConfig(epochs=cfg.seed_epochs, batch_size=cfg.batch_size, lr=cfg.lr, wd=cfg.wd,
+        train_config=TrainConfig(epochs=cfg.seed_epochs or seed_epochs(len(data.train)), batch_size=cfg.batch_size, lr=cfg.lr, wd=cfg.wd,
                                  warmup=cfg.warmup, augment=cfg.augment, channels_last=True, seed=cfg.seed,
                                  progress=cfg.progress, tensorboard=False),
         name="learned", **kwargs,
