@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data clean
+.PHONY: demo test timm-tests venv data clean
 
 venv: $(STAMP)
 
@@ -31,9 +31,22 @@ data:
 test: venv data
 	$(PY) -m pytest -q
 
+# timm's own generic model tests (tests/test_models.py of the installed timm's source distribution,
+# fetched now, never committed), run against the four published ScaleNets. Needs the network.
+TIMM_TESTS := .timm-tests
+timm-tests: venv
+	@rm -rf $(TIMM_TESTS) && mkdir -p $(TIMM_TESTS)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+		"timm==$$($(PY) -c 'import timm; print(timm.__version__)')" -d $(TIMM_TESTS)
+	tar xzf $(TIMM_TESTS)/timm-*.tar.gz -C $(TIMM_TESTS)
+	@# register the ScaleNets before collection, and name their module among the forward_intermediates models
+	cd $(TIMM_TESTS)/timm-*/tests && echo "import scalenet  # noqa: F401" >> conftest.py && \
+		sed -i "s/^FEAT_INTER_FILTERS = \[/FEAT_INTER_FILTERS = ['scalenet', /" test_models.py && \
+		$(abspath $(PY)) -m pytest test_models.py -k scalenet -q -p no:cacheprovider
+
 # The whole pipeline on Fashion-MNIST (about 15 minutes on 2 CPU cores): report in runs/demo/report.md
 demo: venv data
 	$(VENV)/bin/scalenet demo --profile quick --out runs/demo
 
 clean:
-	rm -rf $(VENV) src/*.egg-info .pytest_cache
+	rm -rf $(VENV) src/*.egg-info .pytest_cache $(TIMM_TESTS)

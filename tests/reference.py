@@ -43,7 +43,9 @@ def reference_forward(sd, rows, layers, x, scales=(1, 2, 4, 7), stem="imagenet",
                 weight = sd[key]
                 ksize = 3 if row[-1] / 2**i > 1 else 1
                 assert weight.shape == (row[i], weight.shape[1], ksize, ksize), key
-                y = out if s == 1 else F.max_pool2d(out, kernel_size=s, stride=s)
+                # a factor beyond the map's side pools the whole axis (inputs smaller than the structure's own)
+                kernel = (min(s, h), min(s, w))
+                y = out if s == 1 else F.max_pool2d(out, kernel_size=kernel, stride=kernel)
                 y = F.conv2d(y, weight, padding=ksize // 2)
                 if s > 1:
                     ph, pw = y.shape[-2:]

@@ -129,12 +129,15 @@ def test_backbone_weights_from_our_checkpoints_and_release_layout(tmp_path):
         fasterrcnn_scalenet_fpn(detection_structure(), 6, backbone_checkpoint=tmp_path / "other.safetensors", **SMALL)
 
 
-def test_input_too_small_for_the_structure_is_one_clear_error():
-    with pytest.raises(ValueError, match="cannot take 96 px images"):
-        fasterrcnn_scalenet_fpn(detection_structure(), 6, min_size=96, max_size=160)
+def test_160_px_images_run_and_a_size_with_no_pixels_left_is_one_clear_error():
+    model = fasterrcnn_scalenet_fpn("scalenet50_light", 6, min_size=160, max_size=160, **FAST_HEADS).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 160, 160), torch.rand(3, 120, 160)])
+    assert len(out) == 2 and {"boxes", "labels", "scores"} <= set(out[0])
+    with pytest.raises(ValueError, match="image size 16 is too small for 4 stages"):
+        fasterrcnn_scalenet_fpn(detection_structure(), 6, min_size=16, max_size=32)
 
 
-# ---------------------------------------------------------------------------- data
 def test_dataset_targets_flip_and_collate(coco):
     path, images = coco
     ds = CocoDetection(path, images)
@@ -326,7 +329,7 @@ def test_cli_bad_input_is_one_line(coco, structure_file, tmp_path, capsys):
         (_train_args((tmp_path / "none.json", images), structure_file, tmp_path / "r1", "--epochs", "1"),
          "annotation file not found"),
         (_train_args((path, tmp_path / "noimg"), structure_file, tmp_path / "r2", "--epochs", "1"), "image folder not found"),
-        (_train_args(coco, structure_file, tmp_path / "r3", "--min-size", "64"), "cannot take 64 px images"),
+        (_train_args(coco, structure_file, tmp_path / "r3", "--min-size", "16"), "image size 16 is too small for 4 stages"),
         (_train_args(coco, structure_file, tmp_path / "r4", "--backbone-checkpoint", tmp_path / "nope.pth"),
          "backbone checkpoint not found"),
         (("detect-eval", "--checkpoint", tmp_path / "missing.pt", "--coco-json", path, "--images", images),

@@ -1,5 +1,7 @@
 import copy
+from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -7,10 +9,12 @@ import torch
 import scalenet
 from scalenet import Structure
 from scalenet.checkpoint import CheckpointError, save_weights
+from scalenet.cli import main
 from scalenet.models import upsample_to
+from scalenet.models.scalenet import BILINEAR, NEAREST, branch_input
 
 from conftest import PUBLISHED
-from reference import reference_forward
+from reference import reference_forward, reference_train_step
 
 
 def release_layout(structure: Structure, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
@@ -233,7 +237,9 @@ def test_forward_features_head_and_reset_classifier(tiny):
     assert model(x).shape == (2, tiny.num_features)
     model.reset_classifier(0, "")
     assert model(x).shape == (2, tiny.num_features, 7, 7)
-    model.reset_classifier(3)
+    model.reset_classifier(3)  # None keeps the current (here: no) pooling, as in timm
+    assert model.forward_head(feats, pre_logits=True).shape == (2, tiny.num_features, 7, 7)
+    model.reset_classifier(3, "avg")
     assert model(x).shape == (2, 3)
 
 
@@ -247,3 +253,64 @@ def test_structure_path_and_object_build_the_same_model(tmp_path, tiny):
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'scalenet51'; choose one of scalenet50_light"):
         scalenet.create_model("scalenet51")
+
+
+# ---------------------------------------------------------------------------- any input size
+LOGITS = Path(__file__).parent / "data" / "published_logits_224.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_at_224_the_outputs_are_those_of_the_code_before_any_size_was_supported(name):
+    expected = np.load(LOGITS)
+    torch.manual_seed(0)
+    model = scalenet.create_model(name)
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), torch.from_numpy(expected[f"{name}.eval"]))
+        assert torch.equal(model.train()(x), torch.from_numpy(expected[f"{name}.train"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_every_published_model_runs_at_any_size_of_32_px_or_more(name):
+    model = scalenet.create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        for size in [(32, 32), (64, 64), (96, 96), (128, 128), (160, 160), (224, 224), (320, 320), (480, 640), (33, 47)]:
+            out = model(torch.randn(1, 3, *size))
+            assert out.shape == (1, 7) and torch.isfinite(out).all(), size
+
+
+def test_a_branch_larger_than_its_map_pools_the_whole_axis():
+    x = torch.randn(2, 3, 5, 9)
+    p, mode = branch_input(x, {1: x}, 7)  # 5 rows < 7: all of them; 9 columns >= 7: the first window of 7
+    assert p.shape == (2, 3, 1, 1) and mode is NEAREST
+    assert torch.equal(p[..., 0, 0], x[..., :, :7].amax(dim=(-2, -1)))
+    flat = x[..., :3, :]
+    q, mode = branch_input(flat, {1: flat}, 4)  # 3 rows < 4: one window of all 3; 9 columns: two windows of 4
+    assert q.shape == (2, 3, 1, 2) and mode is BILINEAR  # 9 is not a multiple of 2
+    assert torch.equal(q[..., 0, 1], flat[..., :, 4:8].amax(dim=(-2, -1)))
+    pooled = {1: flat}
+    branch_input(flat, pooled, 2)
+    branch_input(flat, pooled, 4)
+    assert sorted(pooled) == [1, 2]  # a clamped map is not stored for reuse: its windows no longer nest
+
+
+def test_training_at_a_small_size_matches_the_paper_form(tiny):
+    # tiny is built for 14 px; at 8 px stage 2 is 4x4, smaller than the x7 branch's factor
+    model = scalenet.create_model(tiny, num_classes=5).double()
+    out, ref, grads, stats = reference_train_step(model, tiny, torch.randn(3, 3, 8, 8, dtype=torch.float64))
+    assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9)
+    for name, (g, g_ref) in grads.items():
+        assert torch.allclose(g, g_ref, rtol=1e-7, atol=1e-9), name
+
+
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path, capsys):
+    huge = Structure.from_channels([[10**9, 0, 0, 0]], (1,), stem="small", width=16, image_size=32, name="huge")
+    with pytest.raises(ValueError, match=r"huge: .* parameters need .* GiB for the weights alone, but .* GiB of memory"):
+        scalenet.create_model(huge)
+    assert scalenet.create_model(huge, device="meta").conv1.weight.device.type == "meta"  # nothing allocated
+    path = huge.save(tmp_path / "huge.json")
+    assert main(["info", str(path)]) == 0
+    assert "note: huge:" in capsys.readouterr().err

@@ -223,17 +223,10 @@ class Structure:
         return _stage_sides(self.stem, n, len(self.layers))
 
     def check_input(self, image_size: int) -> None:
-        """Raises a clear ValueError when an input of ``image_size`` cannot run through the network
-        (a pooled branch map would be empty)."""
-        sides = self.stage_sides(image_size)
-        for spec in self.blocks():
-            for scale, c in zip(self.scales, spec.channels):
-                if c and sides[spec.stage] // scale < 1:
-                    raise ValueError(
-                        f"{self.name or self.source} cannot take {image_size} px images: block {spec.name} would pool "
-                        f"its {sides[spec.stage]}x{sides[spec.stage]} map by {scale}; use larger images or a structure "
-                        "made for this size (scalenet allocate)"
-                    )
+        """Raises a clear ValueError when an input of ``image_size`` cannot run through the network:
+        a stage would have no pixels left. (A branch whose pooling factor exceeds its map's side
+        pools the whole map instead, so any size that leaves every stage a pixel runs.)"""
+        self.stage_sides(image_size)
 
     def stage_planes(self) -> list[int]:
         return [self.width * 2**i for i in range(len(self.layers))]
@@ -270,7 +263,7 @@ class Structure:
         channel counts, plus what does not depend on the allocation."""
         side = spec.side if side is None else side
         return [
-            spec.planes * k * k * (side // scale) ** 2 + spec.out_channels * side * side
+            spec.planes * k * k * max(1, side // scale) ** 2 + spec.out_channels * side * side
             for scale, k in zip(self.scales, spec.kernel_sizes)
         ]
 

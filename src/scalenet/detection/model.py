@@ -98,8 +98,8 @@ def fasterrcnn_scalenet_fpn(
     goes to :class:`torchvision.models.detection.FasterRCNN` (``min_size``, ``max_size``,
     ``box_detections_per_img``...). The paper's COCO setting is ``min_size=600, max_size=1000``.
 
-    The smallest input side (``min_size``) is checked against the structure: every pooled
-    branch needs a non-empty map.
+    The smallest input side (``min_size``) is checked against the structure: every stage needs a
+    pixel (a branch pooling by more than its map's side pools the whole map).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and at least one class, got {num_classes}")

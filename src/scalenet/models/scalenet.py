@@ -9,29 +9,36 @@ original release (``layerN.M.conv2.I`` / ``bn2.I`` per branch position ``I``), s
 weight files load unchanged.
 """
 
-from __future__ import annotations
-
+import enum
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import create_classifier, register_notrace_module
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 from ..structure import STEMS, BlockSpec, Structure, published_names
 
 __all__ = [
-    "SABottleneck", "ScaleNet", "branch_input", "upsample_to", "replicates", "replicated_bn", "checkpoint_filter_fn",
-    "FULL", "NEAREST", "BILINEAR",
+    "SABottleneck", "ScaleNet", "check_memory", "available_memory", "branch_input", "upsample_to", "replicates", "replicated_bn", "checkpoint_filter_fn",
+    "Upsampling", "FULL", "NEAREST", "BILINEAR",
 ]
 
 
-#: How a branch's output returns to the block's resolution (see :func:`branch_input`).
-FULL, NEAREST, BILINEAR = 0, 1, 2
+class Upsampling(enum.Enum):
+    """How a branch's output returns to the block's resolution (see :func:`branch_input`)."""
+
+    FULL = 0  # scale 1: no upsampling
+    NEAREST = 1  # an exact replication: per-pixel work may run before it
+    BILINEAR = 2
+
+
+FULL, NEAREST, BILINEAR = Upsampling.FULL, Upsampling.NEAREST, Upsampling.BILINEAR
 
 
 def upsample_to(x: torch.Tensor, size: List[int]) -> torch.Tensor:
@@ -54,7 +61,7 @@ def replicates(small: List[int], size: List[int]) -> bool:
     return size[0] % small[0] == 0 and size[1] % small[1] == 0
 
 
-def branch_input(x: torch.Tensor, pooled: Dict[int, torch.Tensor], scale: int) -> Tuple[torch.Tensor, int]:
+def branch_input(x: torch.Tensor, pooled: Dict[int, torch.Tensor], scale: int) -> Tuple[torch.Tensor, Upsampling]:
     """The input of one branch, ``x`` max-pooled by ``scale`` (kernel = stride), with how the
     branch's output returns to ``x``'s size: :data:`FULL` (scale 1, no upsampling),
     :data:`NEAREST` (an exact replication, so per-pixel work may run before it) or
@@ -65,19 +72,62 @@ def branch_input(x: torch.Tensor, pooled: Dict[int, torch.Tensor], scale: int) -
     pooled map is built from the coarsest map already pooled whose factor divides its own:
     pooling by ``a*b`` equals pooling by ``a`` then ``b``, as the floors and windows nest
     (proved in tests/test_fast_path.py). So the x4 branch pools the x2 branch's map.
+
+    Where ``scale`` exceeds the map's side (small inputs), the branch pools the whole map along
+    that axis (a global max) and its output is spread back over it: the factor is clamped to
+    the side, per axis. Such a map is not reused, since clamped windows no longer nest.
     """
     if scale == 1:
-        return x, FULL
-    source = 1
-    for factor in pooled.keys():
-        if scale % factor == 0 and factor > source:
-            source = factor
-    step = scale // source
-    p = F.max_pool2d(pooled[source], step, step)
-    pooled[scale] = p
-    return p, NEAREST if replicates([p.shape[-2], p.shape[-1]], [x.shape[-2], x.shape[-1]]) else BILINEAR
+        return x, Upsampling.FULL
+    h, w = x.shape[-2], x.shape[-1]
+    if scale <= h and scale <= w:
+        source = 1
+        for factor in pooled.keys():
+            if scale % factor == 0 and factor > source:
+                source = factor
+        step = scale // source
+        p = F.max_pool2d(pooled[source], step, step)
+        pooled[scale] = p
+    else:
+        kernel = [min(scale, h), min(scale, w)]
+        p = F.max_pool2d(x, kernel, kernel)
+    return p, Upsampling.NEAREST if replicates([p.shape[-2], p.shape[-1]], [h, w]) else Upsampling.BILINEAR
 
 
+def available_memory(device: torch.device | str | None = None) -> int | None:
+    """Bytes free for tensors on ``device``: the CUDA allocator's free memory, or the system's
+    available memory on CPU (Linux ``MemAvailable``); None where it cannot be read."""
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(structure: Structure, num_classes: int = 1000, in_chans: int = 3, device=None, dtype=None) -> None:
+    """Raises one clear line, before anything is allocated, when the model's weights alone
+    would not fit in the memory available on ``device``."""
+    if device is not None and torch.device(device).type == "meta":
+        return
+    params = structure.params(num_classes, in_chans)
+    needed = params * torch.empty((), dtype=dtype or torch.get_default_dtype(), device="meta").element_size()
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise ValueError(
+            f"{structure.name or structure.source}: {params:,} parameters need {needed / 2**30:,.1f} GiB for the "
+            f"weights alone, but {free / 2**30:,.1f} GiB of memory are available; check the structure's channel counts"
+        )
+
+
+@register_notrace_module  # torch.fx: the branches' pooling and upsampling depend on the input's size
 class SABottleneck(nn.Module):
     """ResNet bottleneck with a scale aggregation (SA) block in place of the 3x3 conv.
 
@@ -98,15 +148,16 @@ class SABottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, spec: BlockSpec, scales: Sequence[int]):
+    def __init__(self, spec: BlockSpec, scales: Sequence[int], device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         planes, out_channels = spec.planes, spec.out_channels
         self.scales = tuple(scales)
         #: the pooling factor of each existing branch, in order
         self.branch_scales: List[int] = [s for s, c in zip(scales, spec.channels) if c > 0]
         self.pool = nn.MaxPool2d(2, 2) if spec.stride == 2 else None
-        self.conv1 = nn.Conv2d(spec.in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv1 = nn.Conv2d(spec.in_channels, planes, 1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(planes, **dd)
         self.act1 = nn.ReLU(inplace=True)
         # Keyed by branch position, so a zero-width branch leaves a gap ("0", "2", "3"), as in
         # the release's state_dicts, and has no conv and no BN.
@@ -114,12 +165,12 @@ class SABottleneck(nn.Module):
         self.bn2 = nn.ModuleDict()
         for i, (c, k) in enumerate(zip(spec.channels, spec.kernel_sizes)):
             if c > 0:
-                self.conv2[str(i)] = nn.Conv2d(planes, c, k, padding=k // 2, bias=False)
-                self.bn2[str(i)] = nn.BatchNorm2d(c)
-        self.conv3 = nn.Conv2d(spec.width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+                self.conv2[str(i)] = nn.Conv2d(planes, c, k, padding=k // 2, bias=False, **dd)
+                self.bn2[str(i)] = nn.BatchNorm2d(c, **dd)
+        self.conv3 = nn.Conv2d(spec.width, out_channels, 1, bias=False, **dd)
+        self.bn3 = nn.BatchNorm2d(out_channels, **dd)
         self.downsample = (
-            nn.Sequential(nn.Conv2d(spec.in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+            nn.Sequential(nn.Conv2d(spec.in_channels, out_channels, 1, bias=False, **dd), nn.BatchNorm2d(out_channels, **dd))
             if spec.has_projection
             else None
         )
@@ -127,20 +178,42 @@ class SABottleneck(nn.Module):
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
         """The SA block and the ReLU after it: ``relu(cat_s(bn_s(upsample(conv_s(pool_s(x))))))``."""
+        if self.training and not torch.jit.is_scripting():
+            return self._aggregate_train(x)
+        # eval (or frozen BN): BN is a per-channel affine map, which commutes with both upsamplings;
+        # ReLU commutes with nearest replication only
+        h, w = x.shape[-2], x.shape[-1]
+        pooled: Dict[int, torch.Tensor] = {1: x}
+        branches: List[torch.Tensor] = []
+        for i, (conv, bn) in enumerate(zip(self.conv2.values(), self.bn2.values())):
+            p, mode = branch_input(x, pooled, self.branch_scales[i])
+            y = bn(conv(p))
+            if mode == Upsampling.BILINEAR:
+                branches.append(F.relu(upsample_to(y, [h, w])))
+            elif mode == Upsampling.NEAREST:
+                branches.append(F.interpolate(F.relu(y), size=(h, w), mode="nearest"))
+            else:
+                branches.append(F.relu(y))
+        return torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
+
+    @torch.jit.unused
+    def _aggregate_train(self, x: torch.Tensor) -> torch.Tensor:
+        """Training mode: BN's batch statistics must be those of the upsampled map; where the
+        upsampling replicates exactly, :func:`replicated_bn` gets them from the pooled map."""
         h, w = x.shape[-2], x.shape[-1]
         pooled: Dict[int, torch.Tensor] = {1: x}
         branches: List[torch.Tensor] = []
         for scale, conv, bn in zip(self.branch_scales, self.conv2.values(), self.bn2.values()):
             p, mode = branch_input(x, pooled, scale)
             y = conv(p)
-            if mode == BILINEAR:
+            if mode == Upsampling.BILINEAR:
                 if isinstance(bn, nn.BatchNorm2d) and bn.training:  # batch statistics of the upsampled map
                     branches.append(F.relu(bn(upsample_to(y, [h, w]))))
-                else:  # eval or frozen: an affine map, which commutes with the upsampling
+                else:  # frozen: an affine map, which commutes with the upsampling
                     branches.append(F.relu(upsample_to(bn(y), [h, w])))
                 continue
             y = F.relu(replicated_bn(bn, y, (h // y.shape[-2]) * (w // y.shape[-1])))
-            branches.append(y if mode == FULL else F.interpolate(y, size=(h, w), mode="nearest"))
+            branches.append(y if mode == Upsampling.FULL else F.interpolate(y, size=(h, w), mode="nearest"))
         return torch.cat(branches, dim=1) if len(branches) > 1 else branches[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,12 +257,19 @@ def replicated_bn(bn: nn.Module, y: torch.Tensor, replicas: int) -> torch.Tensor
     return out
 
 
+#: Stages a ScaleNet may have: forward_features names them one by one (TorchScript cannot
+#: look up a submodule by a computed name).
+MAX_STAGES = 6
+
+
 class ScaleNet(nn.Module):
     """A ScaleNet built from a :class:`~scalenet.structure.Structure`.
 
     The ``imagenet`` stem is the ResNet one (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2
     max-pool); the ``small`` stem, for images of 64 px or less, is a 3x3 stride-1 conv with
-    no max-pool. Every stage after the first halves the resolution in its first block.
+    no max-pool. Every stage after the first halves the resolution in its first block. Any
+    input of at least 32 px runs (the published models were trained at 224); at the
+    structure's own size the outputs are the release's.
     """
 
     def __init__(
@@ -199,14 +279,23 @@ class ScaleNet(nn.Module):
         in_chans: int = 3,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
+        if len(structure.layers) > MAX_STAGES:
+            raise ValueError(f"{structure.name or 'structure'} has {len(structure.layers)} stages; a ScaleNet has at most {MAX_STAGES}")
+        check_memory(structure, num_classes, in_chans, device, dtype)
+        dd = dict(device=device, dtype=dtype)
         self.structure = structure
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.frozen_stages = 0
         width, stem = structure.width, STEMS[structure.stem]
-        self.conv1 = nn.Conv2d(in_chans, width, stem.kernel, stride=stem.stride, padding=stem.kernel // 2, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(in_chans, width, stem.kernel, stride=stem.stride, padding=stem.kernel // 2, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(width, **dd)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem.pool else nn.Identity()
 
@@ -216,7 +305,7 @@ class ScaleNet(nn.Module):
             reduction *= 2
         stages: list[list[SABottleneck]] = [[] for _ in structure.layers]
         for spec in structure.blocks():
-            stages[spec.stage].append(SABottleneck(spec, structure.scales))
+            stages[spec.stage].append(SABottleneck(spec, structure.scales, **dd))
         for i, blocks in enumerate(stages):
             if i > 0:
                 reduction *= 2
@@ -226,7 +315,7 @@ class ScaleNet(nn.Module):
         self.stage_names = [f"layer{i + 1}" for i in range(len(stages))]
 
         self.num_features = self.head_hidden_size = structure.num_features
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -245,20 +334,73 @@ class ScaleNet(nn.Module):
         return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
 
     @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier for ``num_classes`` (0: none), on the model's device and dtype;
+        ``global_pool`` None keeps the current pooling ('' removes it)."""
         self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        pool = self.global_pool.pool_type if global_pool is None else global_pool
+        ref = self.conv1.weight
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool,
+                                                      device=ref.device, dtype=ref.dtype)
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
+
+    @torch.jit.ignore
+    def freeze_stages(self, n: int) -> None:
+        """Fine-tuning: the stem and the first ``n`` stages get no gradients and keep their BN
+        statistics (their BNs stay in eval mode while the model trains)."""
+        if not 0 <= n <= len(self.stage_names):
+            raise ValueError(f"--freeze-stages must be between 0 and {len(self.stage_names)} (the stages), got {n}")
+        self.frozen_stages = n
+        for m in self._frozen_modules():
+            m.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if not self.frozen_stages:
+            return []
+        return [self.conv1, self.bn1] + [getattr(self, name) for name in self.stage_names[: self.frozen_stages]]
+
+    @torch.jit.ignore
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()
+        return self
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._checkpointed_stages(x)
+        # one line per possible stage: hasattr is resolved when TorchScript compiles
+        x = self.layer1(x)
+        if hasattr(self, "layer2"):
+            x = self.layer2(x)
+        if hasattr(self, "layer3"):
+            x = self.layer3(x)
+        if hasattr(self, "layer4"):
+            x = self.layer4(x)
+        if hasattr(self, "layer5"):
+            x = self.layer5(x)
+        if hasattr(self, "layer6"):
+            x = self.layer6(x)
+        return x
+
+    @torch.jit.unused
+    def _checkpointed_stages(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            x = checkpoint_seq(getattr(self, name), x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -269,6 +411,50 @@ class ScaleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ timm's feature API
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features at the stem (index 0, before its max-pool) and after each stage, as
+        ``feature_info`` lists them. ``indices``: which (an int n: the last n); ``stop_early``:
+        skip the stages after the last one taken."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r} is not supported; ScaleNet features are NCHW")
+        take_indices, max_index = feature_take_indices(len(self.stage_names) + 1, indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take_indices:
+            intermediates.append(x)
+        x = self.maxpool(x)
+        names = self.stage_names[:max_index] if stop_early else self.stage_names
+        for i, name in enumerate(names, start=1):
+            stage = getattr(self, name)
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drops the stages after the last index taken (and the stem's max-pool when only the
+        stem is taken), and the head with ``prune_head``. Returns the indices to take."""
+        take_indices, max_index = feature_take_indices(len(self.stage_names) + 1, indices)
+        for name in self.stage_names[max_index:]:
+            setattr(self, name, nn.Identity())
+        if max_index == 0:
+            self.maxpool = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
