@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from scalenet.checkpoint import read_state_dict
+from scalenet.checkpoint import read_state_dict, save_weights
 from scalenet.cli import main
 from scalenet.data import TensorBatches, TensorData, build_data
 from scalenet.engine import TrainConfig, TrainingError, evaluate, model_from_checkpoint, train
@@ -253,8 +253,85 @@ def test_bad_input_through_the_real_process_has_no_traceback(tmp_path):
 
 def test_model_too_deep_for_the_image_size(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "data", per_class=2, size=64)
-    assert main(["train", "--model", "scalenet50", "--data", str(folder), "--out", str(tmp_path / "r")]) == 2
-    one_line_error(capsys, "cannot take 64 px images: block layer3.1 would pool its 4x4 map by 7")
     assert main(["train", "--model", "scalenet50", "--data", str(folder), "--out", str(tmp_path / "r"),
                  "--image-size", "16"]) == 2
     one_line_error(capsys, "image size 16 is too small for 4 stages")
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+def test_init_loads_what_fits_resets_another_classifier_and_names_what_does_not(tmp_path, folder, capsys):
+    from scalenet import create_model
+    from scalenet.checkpoint import CheckpointError
+    from scalenet.engine import start_from
+
+    run = tmp_path / "a"
+    train(tiny_structure(), build_data(folder), TrainConfig(epochs=1, **FAST), run)  # 3 classes
+    source = read_state_dict(run / "last.pt")["model"]
+    for path in (run / "last.pt", save_weights(source, tmp_path / "plain.safetensors")):
+        model = create_model(tiny_structure(), num_classes=2)
+        fresh_fc = model.fc.weight.detach().clone()
+        start_from(model, path, num_classes=2)
+        assert torch.equal(model.conv1.weight, source["conv1.weight"])
+        assert torch.equal(model.layer2[0].bn2["0"].running_var, source["layer2.0.bn2.0.running_var"])
+        assert torch.equal(model.fc.weight, fresh_fc)  # 3 classes there, 2 here: the classifier starts from scratch
+        assert "its classifier does not fit 2 classes" in capsys.readouterr().out
+    same = create_model(tiny_structure(), num_classes=3)
+    start_from(same, run / "last.pt", num_classes=3)
+    assert torch.equal(same.fc.weight, source["fc.weight"]) and capsys.readouterr().out == ""
+    other = create_model(tiny_structure(image_size=16).__class__.from_channels(
+        [[4, 2, 1, 2], [3, 2, 2, 0]], layers=(1, 1), stem="small", width=4, image_size=16), num_classes=3)
+    with pytest.raises(CheckpointError, match=r"does not fit the model to start from: .*layer1.0.conv2.3.weight"):
+        start_from(other, run / "last.pt", num_classes=3)
+    with pytest.raises(FileNotFoundError, match="--init: weights not found"):
+        start_from(same, tmp_path / "nope.pth", num_classes=3)
+
+
+def test_freeze_stages_trains_only_the_later_stages_and_the_head(tmp_path, folder):
+    from scalenet import create_model
+
+    structure = tiny_structure()
+    start = create_model(structure, num_classes=3)
+    torch.manual_seed(0)
+    result = train(structure, build_data(folder), TrainConfig(epochs=1, freeze_stages=1, **FAST), tmp_path / "r")
+    torch.manual_seed(0)
+    before = create_model(structure, num_classes=3).state_dict()  # the seeded start (train seeds 0 the same way)
+    after = result.model.state_dict()
+    for k in after:
+        frozen = k.startswith(("conv1.", "bn1.", "layer1."))
+        changed = not torch.equal(before[k].float(), after[k].float())
+        if k.endswith("num_batches_tracked"):
+            continue
+        assert changed != frozen, k  # frozen: weights and BN statistics untouched; the rest trained
+    assert start is not None
+    with pytest.raises(ValueError, match="--freeze-stages must be between 0 and 2"):
+        create_model(structure).freeze_stages(3)
+
+
+def test_one_epoch_from_related_weights_beats_one_epoch_from_scratch(tmp_path):
+    # task A: 40 images per colour class; task B: 10 new images per class, drawn with another seed
+    a = build_data(make_image_folder(tmp_path / "a", classes=3, per_class=40, size=16, seed=1))
+    b = build_data(make_image_folder(tmp_path / "b", classes=3, per_class=10, size=16, seed=2))
+    cfg = dict(batch_size=8, lr=0.05, progress=False, tensorboard=False)
+    train(tiny_structure(), a, TrainConfig(epochs=4, **cfg), tmp_path / "pre")
+    for seed in (0, 1):
+        scratch = train(tiny_structure(), b, TrainConfig(epochs=1, seed=seed, **cfg), tmp_path / f"scratch{seed}")
+        tuned = train(tiny_structure(), b, TrainConfig(epochs=1, seed=seed, init=str(tmp_path / "pre" / "best.pt"), **cfg),
+                      tmp_path / f"tuned{seed}")
+        # measured: scratch 33% top-1 and loss 0.8-1.2 after its three steps; from task A's weights 100% and 0.08
+        assert tuned.final["val_top1"] > scratch.final["val_top1"] + 0.3, (tuned.final, scratch.final)
+        assert tuned.final["val_loss"] < 0.5 * scratch.final["val_loss"]
+
+
+def test_cli_init_and_freeze_reach_the_config(tmp_path, folder, capsys):
+    run = tmp_path / "a"
+    assert main(["train", "--model", str(tiny_structure().save(tmp_path / "t.json")), "--data", str(folder),
+                 "--out", str(run), "--epochs", "1", "--batch-size", "8", "--no-progress"]) == 0
+    assert main(["train", "--model", str(tmp_path / "t.json"), "--data", str(folder), "--out", str(tmp_path / "b"),
+                 "--epochs", "1", "--batch-size", "8", "--init", str(run / "best.pt"), "--freeze-stages", "1",
+                 "--no-progress"]) == 0
+    args = read_state_dict(tmp_path / "b" / "last.pt")["args"]
+    assert args["init"] == str(run / "best.pt") and args["freeze_stages"] == 1
+    capsys.readouterr()
+    assert main(["train", "--model", str(tmp_path / "t.json"), "--data", str(folder), "--out", str(tmp_path / "c"),
+                 "--init", str(tmp_path / "missing.pt"), "--no-progress"]) == 2
+    one_line_error(capsys, "--init: weights not found")

@@ -11,7 +11,7 @@ from torch import nn
 
 from .fileio import atomic_write
 
-__all__ = ["read_state_dict", "load_weights", "save_weights", "CheckpointError"]
+__all__ = ["read_state_dict", "load_weights", "load_init", "save_weights", "CheckpointError"]
 
 _MAX_LISTED = 5
 
@@ -81,6 +81,36 @@ def load_weights(
         raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
     return raw
+
+
+def load_init(model: nn.Module, path: str | os.PathLike, classifier: str = "fc",
+              filter_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[str]:
+    """Starts ``model`` from the weights in ``path`` (a release .pth, .safetensors, or a training
+    checkpoint): every tensor that fits is loaded. The classifier (``classifier.weight`` and
+    ``.bias``) is kept freshly initialised when the file's has another shape (another number of
+    classes) or is absent; any other key that is missing, extra or of another shape is a
+    :class:`CheckpointError` naming them. BN ``num_batches_tracked`` counters may be absent.
+    Returns the names of the classifier tensors left initialised."""
+    raw = read_state_dict(path)
+    state = filter_fn(raw) if filter_fn is not None else raw
+    expected = model.state_dict()
+    head = {f"{classifier}.weight", f"{classifier}.bias"}
+    reset = [k for k in expected if k in head and (k not in state or state[k].shape != expected[k].shape)]
+    missing = [k for k in expected if k not in state and k not in head and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected and k not in head]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+                  if k in state and k not in head and getattr(state[k], "shape", None) != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_listed(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches, file vs model ({_listed(mismatched)})")
+    if problems:
+        raise CheckpointError(f"{path} does not fit the model to start from: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected and k not in reset}, strict=False)
+    return reset
 
 
 def save_weights(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:

@@ -83,14 +83,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .factory import resolve_structure
     from .structure import format_summary
 
-    summary = resolve_structure(args.model, layers=args.layers).summary(image_size=args.image_size,
-                                                                          num_classes=args.num_classes)
+    from .models.scalenet import check_memory
+
+    structure = resolve_structure(args.model, layers=args.layers)
+    summary = structure.summary(image_size=args.image_size, num_classes=args.num_classes)
     print(json.dumps(summary) if args.json else format_summary(summary))
+    try:
+        check_memory(structure, args.num_classes)
+    except ValueError as e:  # the table is still worth reading; building the model would fail
+        print(f"note: {e}", file=sys.stderr)
     return 0
 
 
 # ---------------------------------------------------------------------------- training options
-_TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "wd", "warmup", "label_smoothing", "workers", "seed")
+_TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "wd", "warmup", "label_smoothing", "workers", "seed", "init",
+                  "freeze_stages")
 _TRAIN_FLAGS = ("amp", "channels_last", "compile", "no_bn_wd")
 
 
@@ -113,6 +120,11 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None 
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=None, help=f"data-loading processes for image folders (default {d('workers')})")
     p.add_argument("--seed", type=int, default=None, help=f"default {d('seed')}")
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights: a release .pth/.safetensors or a scalenet train checkpoint "
+                        "(the classifier starts from scratch when the number of classes differs)")
+    p.add_argument("--freeze-stages", type=int, default=None, metavar="N",
+                   help=f"fine-tuning: train only the stages after the first N and the head (default {d('freeze_stages')})")
     p.add_argument("--train-subset", type=_positive_int, default=None, help="train on a random subset of N images")
     p.add_argument("--val-subset", type=_positive_int, default=None, help="validate on a random subset of N images")
     p.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation (for very short runs)")
@@ -182,6 +194,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.checkpoint} on {out['data']} ({out['images']} images): top-1 {100 * out['top1']:.2f}% "
             f"(error {100 * out['top1_err']:.2f}%), top-5 {100 * out['top5']:.2f}% (error {100 * out['top5_err']:.2f}%)"
         )
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by scalenet train (best.pt/last.pt)")
+    p.add_argument("--topk", type=_positive_int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--json", action="store_true", help='one JSON object per line: {"path", "top": [{"class", "index", "prob"}]}')
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_table, image_paths, load_predictor
+
+    paths = image_paths(args.inputs)
+    predictor = load_predictor(args.checkpoint)
+    records = list(predictor.predict(paths, topk=args.topk, batch_size=args.batch_size,
+                                     progress=not args.no_progress and len(paths) > 1))
+    skipped = [r for r in records if r.get("skipped")]
+    if len(skipped) == len(records):
+        raise ValueError(f"none of the {len(records)} file(s) is a readable image (first: {records[0]['path']})")
+    if args.json:
+        for r in records:
+            if not r.get("skipped"):
+                print(json.dumps(r))
+    else:
+        print(format_table(records))
+    if skipped:
+        print(f"note: skipped {len(skipped)} unreadable or non-image file(s), e.g. {skipped[0]['path']}", file=sys.stderr)
     return 0
 
 
@@ -473,8 +516,11 @@ class _Parser(argparse.ArgumentParser):
 #: command -> (help, add_<command>_arguments, cmd_<command>)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("per-block allocation table, MACs and params of a model or structure file", add_info_arguments, cmd_info),
-    "train": ("train a model from scratch (torchrun -m scalenet train ... for DDP)", add_train_arguments, cmd_train),
+    "train": ("train a model, from scratch or from weights (--init); torchrun -m scalenet train ... for DDP",
+              add_train_arguments, cmd_train),
     "eval": ("top-1/top-5 of a training checkpoint", add_eval_arguments, cmd_eval),
+    "predict": ("classify images with a training checkpoint: top-k class names and probabilities", add_predict_arguments,
+                cmd_predict),
     "allocate": ("learn each block's neurons per scale from data (train a seed, rank |gamma|)", add_allocate_arguments,
                  cmd_allocate),
     "study": ("is the allocation worth it? learned vs uniform, random, ResNet and a heuristic at matched MACs, "

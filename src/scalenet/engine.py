@@ -40,6 +40,7 @@ __all__ = [
     "load_run_checkpoint",
     "model_from_checkpoint",
     "cosine_with_warmup",
+    "start_from",
 ]
 
 CHECKPOINT_FORMAT = "scalenet-train"
@@ -61,6 +62,8 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     augment: bool = True  # the recipe's crop + flip; off only for very short runs
+    init: str | None = None  # start from these weights (fine-tuning); the classifier is reset if it does not fit
+    freeze_stages: int = 0  # fine-tuning: no gradients for the stem and the first N stages
     progress: bool = True
     tensorboard: bool = True
 
@@ -222,6 +225,19 @@ class ClassificationTask:
         }
 
 
+def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, announce: bool = True) -> None:
+    """Loads every fitting tensor of ``path`` into ``model`` (:func:`scalenet.checkpoint.load_init`);
+    says in one line when the classifier stays freshly initialised."""
+    from .checkpoint import load_init
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--init: weights not found: {path}")
+    reset = load_init(model, path, filter_fn=checkpoint_filter_fn)
+    if reset and announce:
+        print(f"note: {path}: its classifier does not fit {num_classes} classes; the classifier starts from scratch",
+              flush=True)
+
+
 def _updater(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, device: torch.device) -> Updater:
     from timm.optim import param_groups_weight_decay
 
@@ -260,7 +276,11 @@ def train(
     d.barrier()
 
     seed_all(cfg.seed)
-    model = create_model(structure, num_classes=data.num_classes, in_chans=data.in_chans).to(d.device)
+    model = create_model(structure, num_classes=data.num_classes, in_chans=data.in_chans)
+    if cfg.init is not None and not resume:
+        start_from(model, cfg.init, data.num_classes, announce=d.main)
+    model.freeze_stages(cfg.freeze_stages)
+    model = model.to(d.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader_kw = dict(workers=cfg.workers, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
