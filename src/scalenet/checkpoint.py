@@ -60,27 +60,35 @@ def load_weights(
     raw = read_state_dict(path)
     state = filter_fn(raw, model) if filter_fn is not None else raw
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
-    ]
-    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    problems = _misfits(state, expected, strict=strict, source="checkpoint")
+    if problems:
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
+    return raw
+
+
+def _misfits(state: Mapping[str, Any], expected: Mapping[str, torch.Tensor], *, strict: bool = True,
+             skip: frozenset[str] = frozenset(), optional: Callable[[str], bool] = lambda k: False,
+             source: str = "checkpoint") -> list[str]:
+    """What keeps ``state`` from loading into a model whose state_dict is ``expected``: missing
+    keys (unless ``optional``), unexpected ones (both only when ``strict``), shape mismatches and
+    entries that are not tensors; keys in ``skip`` are not checked."""
+    missing = [k for k in expected if k not in state and k not in skip and not optional(k)]
+    unexpected = [k for k in state if k not in expected and k not in skip]
+    shared = [k for k in expected if k in state and k not in skip]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in shared
+                  if isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape]
+    not_tensors = [k for k in shared if not isinstance(state[k], torch.Tensor)]
     problems = []
     if strict and missing:
         problems.append(f"{len(missing)} missing keys ({_listed(missing)})")
     if strict and unexpected:
         problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
     if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches, checkpoint vs model ({_listed(mismatched)})")
+        problems.append(f"{len(mismatched)} shape mismatches, {source} vs model ({_listed(mismatched)})")
     if not_tensors:
         problems.append(f"{len(not_tensors)} entries that are not tensors ({_listed(not_tensors)})")
-    if problems:
-        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
-    return raw
+    return problems
 
 
 def load_init(model: nn.Module, path: str | os.PathLike, classifier: str = "fc",
@@ -94,19 +102,9 @@ def load_init(model: nn.Module, path: str | os.PathLike, classifier: str = "fc",
     raw = read_state_dict(path)
     state = filter_fn(raw) if filter_fn is not None else raw
     expected = model.state_dict()
-    head = {f"{classifier}.weight", f"{classifier}.bias"}
-    reset = [k for k in expected if k in head and (k not in state or state[k].shape != expected[k].shape)]
-    missing = [k for k in expected if k not in state and k not in head and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected and k not in head]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-                  if k in state and k not in head and getattr(state[k], "shape", None) != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_listed(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches, file vs model ({_listed(mismatched)})")
+    head = frozenset({f"{classifier}.weight", f"{classifier}.bias"})
+    reset = [k for k in expected if k in head and (k not in state or getattr(state[k], "shape", None) != expected[k].shape)]
+    problems = _misfits(state, expected, skip=head, optional=lambda k: k.endswith("num_batches_tracked"), source="file")
     if problems:
         raise CheckpointError(f"{path} does not fit the model to start from: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in expected and k not in reset}, strict=False)
