@@ -1,6 +1,8 @@
 """Faster R-CNN + FPN with a ScaleNet backbone, on a tiny synthetic COCO-format set."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -321,6 +323,34 @@ def test_cli_train_resume_and_eval_table(coco, structure_file, tmp_path, capsys)
     saved = json.loads((run / "eval-instances.json").read_text())
     assert set(saved) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"} and saved["detections"] > 0
     assert f"{saved['AP']:0.3f}" in lines[0]
+
+
+def test_sigterm_mid_epoch_then_resume_auto_ends_as_if_uninterrupted(coco, structure_file, tmp_path, capsys,
+                                                                      monkeypatch):
+    """Detection runs on the same run layer: SIGTERM inside an epoch saves the position, exits with
+    143, and --resume auto continues to the weights of an uninterrupted run."""
+    common = ("--epochs", "2", "--batch-size", "2", "--resume", "auto")  # 20 images: 10 steps per epoch
+    code, out, err = run_cli(capsys, *_train_args(coco, structure_file, tmp_path / "straight", *common))
+    assert code == 0, err[-2000:]
+    read = CocoDetection.__getitem__
+    calls = []
+
+    def terminated_at_the_7th_image(self, key):
+        calls.append(key)
+        if len(calls) == 7:  # while the 4th batch of epoch 1 is read
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read(self, key)
+
+    monkeypatch.setattr(CocoDetection, "__getitem__", terminated_at_the_7th_image)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, *_train_args(coco, structure_file, run, *common))
+    assert code == 143 and "stopped by SIGTERM after finishing its step" in err and "--resume auto" in err, err[-2000:]
+    assert [p.name for p in run.glob("step-*.pt")] == ["step-e0001-s0000004.pt"] and not (run / "last.pt").exists()
+    monkeypatch.setattr(CocoDetection, "__getitem__", read)
+    code, out, err = run_cli(capsys, *_train_args(coco, structure_file, run, *common))
+    assert code == 0 and "from step-e0001-s0000004.pt (epoch 1, step 4)" in out, err[-2000:]
+    resumed, uninterrupted = (read_state_dict(d / "last.pt")["model"] for d in (run, tmp_path / "straight"))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
 def test_cli_bad_input_is_one_line(coco, structure_file, tmp_path, capsys):

@@ -225,7 +225,7 @@ def test_resume_without_checkpoint_and_existing_run(tmp_path, folder, capsys):
     model = str(tiny_structure().save(tmp_path / "t.json"))
     base = ["train", "--model", model, "--data", str(folder), "--epochs", "1", "--batch-size", "8", "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "fresh"), "--resume"]) == 2
-    one_line_error(capsys, "--resume: no checkpoint at")
+    one_line_error(capsys, "--resume: no checkpoint in")
     assert main([*base, "--out", str(tmp_path / "run")]) == 0
     before = (tmp_path / "run" / "last.pt").read_bytes()
     capsys.readouterr()
@@ -335,3 +335,32 @@ def test_cli_init_and_freeze_reach_the_config(tmp_path, folder, capsys):
     assert main(["train", "--model", str(tmp_path / "t.json"), "--data", str(folder), "--out", str(tmp_path / "c"),
                  "--init", str(tmp_path / "missing.pt"), "--no-progress"]) == 2
     one_line_error(capsys, "--init: weights not found")
+
+
+def test_fault_tolerance_bad_input_is_one_line_and_overwrites_nothing(tmp_path, folder, capsys):
+    model = str(tiny_structure().save(tmp_path / "t.json"))
+    base = ["train", "--model", model, "--epochs", "1", "--batch-size", "8", "--no-progress"]
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, "--data", str(folder), "--out", str(tmp_path / "r"), "--save-every", bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        shown = repr(bad) if bad == "soon" else bad
+        assert len(err) == 1 and f"argument --save-every: expected a positive number, got {shown}" in err[0], err
+    with pytest.raises(SystemExit):
+        main([*base, "--data", str(folder), "--out", str(tmp_path / "r"), "--resume", "always"])
+    assert "expected nothing or 'auto', got 'always'" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    assert main([*base, "--data", str(folder), "--out", str(run), "--resume", "auto"]) == 0  # nothing there: fresh
+    before = {p.name: p.read_bytes() for p in run.glob("*.pt")}
+    other = type(tiny_structure()).from_channels([[4, 2, 1, 1], [3, 3, 2, 0]], layers=(1, 1), stem="small", width=4,
+                                                 image_size=16)
+    capsys.readouterr()
+    assert main(["train", "--model", str(other.save(tmp_path / "o.json")), *base[3:], "--data", str(folder),
+                 "--out", str(run), "--resume", "auto", "--epochs", "2"]) == 2
+    one_line_error(capsys, "holds a run with a different structure")
+    elsewhere = make_image_folder(tmp_path / "other-data", classes=3, per_class=12, size=16, seed=1)
+    assert main([*base, "--data", str(elsewhere), "--out", str(run), "--resume", "auto", "--epochs", "2"]) == 2
+    one_line_error(capsys, f"holds a run with a different data set ({folder} there, {elsewhere} here)")
+    assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == before

@@ -1,14 +1,19 @@
 """The shared run layer: run directories, the epoch step, and the loop both tasks use."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 from torch import nn
 
-from scalenet.checkpoint import read_state_dict
+from scalenet.checkpoint import CheckpointError, read_state_dict
 from scalenet.data import ShardSampler
-from scalenet.runs import DistContext, RunDir, TrainingError, Updater, check_same_run, fit, in_processes, train_one_epoch
+from scalenet.runs import (
+    PREEMPTED_EXIT_CODE, DistContext, Preempted, RunDir, TrainingError, Updater, check_same_run, fit, in_processes,
+    train_one_epoch,
+)
 
 
 class Batches:
@@ -19,11 +24,11 @@ class Batches:
         self.sampler = ShardSampler(len(y), shuffle=True, seed=0)
 
     def __len__(self):
-        return len(self.y) // self.batch_size
+        return len(self.sampler) // self.batch_size
 
     def __iter__(self):
         idx = torch.tensor(self.sampler.indices())
-        for i in range(len(self)):
+        for i in range(self.sampler.start // self.batch_size, len(idx) // self.batch_size):
             b = idx[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.x[b], self.y[b], self.skipped[i] if i < len(self.skipped) else 0
 
@@ -70,13 +75,17 @@ def _setup(seed=0):
 
 def test_run_dir_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
     run = RunDir(tmp_path / "run", "toy")
-    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint in"):
         run.prepare(resume=True)
-    run.prepare(resume=False)
+    assert run.prepare(resume="auto") is False  # nothing there: auto starts fresh
+    assert run.prepare(resume=False) is False
+    run.save_step({"format": "toy", "model": {}, "epoch": 0, "step": 3})
+    with pytest.raises(ValueError, match=r"already holds a run \(step-e0001-s0000003.pt\); pass --resume"):
+        run.prepare(resume=False)  # a step checkpoint alone is a run too
     run.save({"format": "toy", "model": {}}, {"epoch": 1}, improved=False)
-    with pytest.raises(ValueError, match="already holds a run .* pass --resume"):
+    with pytest.raises(ValueError, match=r"already holds a run \(last.pt\); pass --resume"):
         run.prepare(resume=False)
-    run.prepare(resume=True)
+    assert run.prepare(resume=True) is True and run.prepare(resume="auto") is True
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         RunDir(tmp_path / "file", "toy").prepare(resume=False)
@@ -96,8 +105,15 @@ def test_metrics_are_cut_back_to_the_resumed_epoch(tmp_path):
 
 def test_check_same_run_names_what_differs(tmp_path):
     check_same_run(tmp_path, {"structure": 1, "classes": 2}, {"structure": 1, "classes": 2}, "x")
-    with pytest.raises(ValueError, match=r"holds a run with a different classes; do this"):
+    with pytest.raises(ValueError, match=r"holds a run with a different classes \(2 there, 3 here\); do this"):
         check_same_run(tmp_path / "last.pt", {"structure": 1, "classes": 2}, {"structure": 1, "classes": 3}, "do this")
+    rows = [[1, 2], [3, 4]]
+    with pytest.raises(ValueError, match=r"holds a run with a different structure; do this"):  # not a scalar: named only
+        check_same_run(tmp_path / "last.pt", {"structure": rows, "classes": 2}, {"structure": rows[::-1], "classes": 2},
+                       "do this")
+    with pytest.raises(ValueError, match=r"holds a run with a different data set; do this"):  # too long to show
+        check_same_run(tmp_path / "last.pt", {"data set": "a" * 121}, {"data set": "b"}, "do this")
+    check_same_run(tmp_path, {"structure": 1}, {"structure": 1, "data set": "a"}, "x")  # older checkpoints lack it
 
 
 def test_train_one_epoch_weights_by_batch_size_counts_skips_and_adds_the_regulariser():
@@ -161,3 +177,129 @@ def test_in_processes_keeps_the_order_splits_the_cores_and_reports_each_result()
     assert [r[0] for r in in_processes(_square_and_threads, [4], jobs=1)] == [16]
     with pytest.raises(ValueError, match="--jobs must be 1 or more"):
         in_processes(_square_and_threads, [1], jobs=0)
+
+
+# ---------------------------------------------------------------------------- inside an epoch: step checkpoints, SIGTERM
+class Crash(Exception):
+    pass
+
+
+class Interrupted(Batches):
+    """Batches that call ``action`` before yielding the ``at``-th batch of the run."""
+
+    def __init__(self, loader, at, action):
+        super().__init__(loader.x, loader.y, loader.batch_size)
+        self.at, self.action, self.count = at, action, 0
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.count += 1
+            if self.count == self.at:
+                self.action()
+            yield batch
+
+
+def _crash():
+    raise Crash
+
+
+def _straight(tmp_path, epochs=3):
+    model, updater, loader, task = _setup()
+    run = RunDir(tmp_path / "straight", "toy")
+    run.prepare(resume=False)
+    return fit(task, model, updater, loader, epochs=epochs, run=run, d=DistContext(), progress=False, save_every=None)
+
+
+def _same_weights(a, b):
+    wa, wb = read_state_dict(a)["model"], read_state_dict(b)["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_run_resumed_inside_an_epoch_ends_with_the_same_weights_and_records(tmp_path, capsys):
+    straight = _straight(tmp_path)
+    model, updater, loader, task = _setup()
+    run = RunDir(tmp_path / "b", "toy")
+    run.prepare(resume=False)
+    with pytest.raises(Crash):  # 8 steps per epoch: the 11th batch is epoch 2's third
+        fit(task, model, updater, Interrupted(loader, 11, _crash), epochs=3, run=run, d=DistContext(), progress=False,
+            save_every=1e-9)  # a step checkpoint after every step
+    assert [pos for pos, _ in run.step_files()] == [(1, 2), (1, 1)]  # at most two kept, the newest
+    assert read_state_dict(run.last)["epoch"] == 1
+    assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]
+
+    model, updater, loader, task = _setup(seed=5)  # other weights and RNG: the checkpoint must restore them
+    capsys.readouterr()
+    resumed = fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+    assert "from step-e0002-s0000002.pt (epoch 2, step 2)" in capsys.readouterr().out
+    _same_weights(tmp_path / "straight" / "last.pt", run.last)
+    # the resumed epoch's record covers the whole epoch, the steps before the crash included
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
+    for a, b in zip(straight.metrics, resumed.metrics):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6) and b["val_score"] == a["val_score"]
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_complete_one(tmp_path, capsys):
+    _straight(tmp_path)
+    model, updater, loader, task = _setup()
+    run = RunDir(tmp_path / "b", "toy")
+    run.prepare(resume=False)
+    with pytest.raises(Crash):
+        fit(task, model, updater, Interrupted(loader, 12, _crash), epochs=3, run=run, d=DistContext(), progress=False,
+            save_every=1e-9)
+    newest = run.step_files()[0][1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # cut off mid-write
+    model, updater, loader, task = _setup(seed=5)
+    capsys.readouterr()
+    fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(out) == 1 and "step-e0002-s0000003.pt is cut off or damaged (unreadable)" in out[0]
+    assert "resuming from step-e0002-s0000002.pt instead (epoch 2, step 2)" in out[0]
+    _same_weights(tmp_path / "straight" / "last.pt", run.last)
+
+    for f in run.path.glob("*.pt"):  # nothing complete left
+        f.write_bytes(f.read_bytes()[:100])
+    model, updater, loader, task = _setup()
+    with pytest.raises(CheckpointError, match=r"no complete checkpoint left in \S+ to resume from: last.pt is cut off or damaged \(unreadable\); step-e"):
+        fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+
+
+def test_sigterm_finishes_the_step_saves_the_position_and_the_run_continues_exactly(tmp_path):
+    _straight(tmp_path)
+    model, updater, loader, task = _setup()
+    run = RunDir(tmp_path / "b", "toy")
+    run.prepare(resume=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted) as stop:
+        fit(task, model, updater, Interrupted(loader, 11, lambda: os.kill(os.getpid(), signal.SIGTERM)), epochs=3,
+            run=run, d=DistContext(), progress=False, save_every=None)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is fit's only while it runs
+    assert stop.value.exit_code == 143 == PREEMPTED_EXIT_CODE
+    assert stop.value.checkpoint.name == "step-e0002-s0000003.pt"  # the 11th batch still trained
+    assert [pos for pos, _ in run.step_files()] == [(1, 3)]  # save_every=None: only SIGTERM saved inside the epoch
+    assert "--resume auto" in str(stop.value)
+
+    model, updater, loader, task = _setup(seed=5)
+    assert run.prepare(resume="auto")
+    fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+    _same_weights(tmp_path / "straight" / "last.pt", run.last)
+
+
+def test_save_every_must_be_positive(tmp_path):
+    model, updater, loader, task = _setup()
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match=f"--save-every must be a positive number of minutes, got {bad}"):
+            fit(task, model, updater, loader, epochs=1, run=None, d=DistContext(), progress=False, save_every=bad)
+
+
+def test_shard_sampler_starts_inside_an_epoch_and_seeds_each_sample():
+    s = ShardSampler(20, shuffle=True, seed=4, rank=1, world_size=2, sample_seeds=True)
+    s.set_epoch(3)
+    full = list(s)
+    assert len(full) == 10 and all(seed == s.sample_seed(i) for i, seed in full)
+    s.set_epoch(3, start=6)
+    assert list(s) == full[6:] and len(s) == 4
+    s.set_epoch(4)
+    assert s.start == 0 and [i for i, _ in s] != [i for i, _ in full]
+    assert s.sample_seed(5) != ShardSampler(20, shuffle=True, seed=4, sample_seeds=True).sample_seed(6)
+    with pytest.raises(ValueError, match="cannot start epoch 4 at sample 11: this shard has 10"):
+        s.set_epoch(4, start=11)

@@ -63,6 +63,36 @@ def _default(config: type, name: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _resume(text: str) -> bool | str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r}")
+    return text
+
+
+def add_fault_tolerance_arguments(p: argparse.ArgumentParser) -> None:
+    """--resume [auto] and --save-every, shared by train and detect-train."""
+    from .runs import DEFAULT_SAVE_EVERY, PREEMPTED_EXIT_CODE
+
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume, metavar="auto",
+                   help="continue the run in RUN_DIR from its newest complete checkpoint; '--resume auto' continues "
+                        "one if it is there and starts fresh otherwise (one command for the first start and every "
+                        "torchrun restart)")
+    p.add_argument("--save-every", type=_positive_float, default=None, metavar="MINUTES",
+                   help=f"also checkpoint inside an epoch when this many minutes have passed since the last checkpoint "
+                        f"(default {DEFAULT_SAVE_EVERY:g}; epochs shorter than that only save at their end). SIGTERM: the "
+                        f"step finishes, a checkpoint is written, exit code {PREEMPTED_EXIT_CODE}")
+
+
 def _config(config: type, args: argparse.Namespace, names: Sequence[str], **base: Any):
     """``config`` from ``base`` plus the options given on the command line (None: not given)."""
     values = dict(base)
@@ -97,12 +127,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- training options
 _TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "wd", "warmup", "label_smoothing", "workers", "seed", "init",
-                  "freeze_stages")
+                  "freeze_stages", "save_every")
 _TRAIN_FLAGS = ("amp", "channels_last", "compile", "no_bn_wd")
 
 
 def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None = None) -> None:
     """The training options of train and allocate (None: the config's default, shown in the help)."""
+    from .data import DECODERS
     from .engine import TrainConfig
 
     d = lambda name: _default(TrainConfig, name)  # noqa: E731
@@ -119,6 +150,9 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None 
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=None, help=f"data-loading processes for image folders (default {d('workers')})")
+    p.add_argument("--decode", choices=DECODERS, default="pil",
+                   help="image-file decoder: PIL, or torchvision.io with the transforms on uint8 tensors (default pil; "
+                        "see benchmarks/results/data-loading-*)")
     p.add_argument("--seed", type=int, default=None, help=f"default {d('seed')}")
     p.add_argument("--init", default=None, metavar="PATH",
                    help="start from these weights: a release .pth/.safetensors or a scalenet train checkpoint "
@@ -143,7 +177,8 @@ def _train_config(args: argparse.Namespace, **base: Any):
 def _data(args: argparse.Namespace, seed: int):
     from .data import build_data
 
-    return build_data(args.data, args.image_size, train_subset=args.train_subset, val_subset=args.val_subset, seed=seed)
+    return build_data(args.data, args.image_size, train_subset=args.train_subset, val_subset=args.val_subset, seed=seed,
+                      decode=args.decode)
 
 
 # ---------------------------------------------------------------------------- train / eval
@@ -152,7 +187,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: checkpoints, metrics.jsonl, TensorBoard logs")
     add_training_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    add_fault_tolerance_arguments(p)
     p.add_argument("--layers", type=_int_list, default=None, help="stage depths for a bare-list structure file")
 
 
@@ -414,7 +449,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- detection
 _DETECT_OPTIONS = ("backbone", "backbone_checkpoint", "epochs", "batch_size", "lr", "wd", "momentum", "warmup_iters",
-                   "min_size", "max_size", "trainable_layers", "norm", "fpn_channels", "workers", "seed")
+                   "min_size", "max_size", "trainable_layers", "norm", "fpn_channels", "workers", "seed", "save_every")
 
 
 def add_detect_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -446,7 +481,7 @@ def add_detect_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA)")
     p.add_argument("--workers", type=int, default=None, help=f"data-loading processes (default {d('workers')})")
     p.add_argument("--seed", type=int, default=None, help=f"default {d('seed')}")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    add_fault_tolerance_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -551,11 +586,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runs import TrainingError
+    from .runs import Preempted, TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Preempted as e:  # SIGTERM: the position is saved; torchrun or the scheduler restarts the command
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"scalenet: {e}", file=sys.stderr)
+        return e.exit_code
     # ImportError: a missing optional dependency (pycocotools, onnxruntime); the message says what to install
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, ImportError) as e:
         print(f"scalenet: error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ import gzip
 import math
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -33,6 +34,11 @@ __all__ = [
     "TensorBatches",
     "ImageFiles",
     "ShardSampler",
+    "DECODERS",
+    "make_loader",
+    "read_image",
+    "sample_key",
+    "sample_rng",
     "collate_skipping",
     "image_transforms",
     "build_data",
@@ -109,14 +115,18 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = torch.tensor(self.sampler.indices(), dtype=torch.long)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch + 7919)
         stop = len(idx) - len(idx) % self.batch_size if self.train else len(idx)
-        for start in range(0, stop, self.batch_size):
+        for start in range(self.sampler.start, stop, self.batch_size):
             b = idx[start : start + self.batch_size]
             x = self.data.images[b].float()
             if self.train and self.augment:
-                x = self._augment(x, g)
+                x = self._augment(x, self._generator(start // self.batch_size))
             yield (x - self.mean) / self.std, self.data.labels[b]
+
+    def _generator(self, batch: int) -> torch.Generator:
+        """The augmentation draws of one batch: seeded by the run's seed, the epoch and the batch's
+        place in it, so a run resumed inside an epoch draws what an uninterrupted one does."""
+        return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.sampler.epoch) * 7919 + batch) % (2**63))
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -191,27 +201,50 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[TensorDat
 
 
 # ---------------------------------------------------------------------------- image folders
-class ImageFiles(Dataset):
-    """(path, label) samples read with PIL. An unreadable image yields ``None`` (skipped by
-    :func:`collate_skipping`, which counts it) instead of stopping the run."""
+#: How image files are decoded: ``pil`` (PIL, transforms on the PIL image) or ``torchvision``
+#: (``torchvision.io.decode_image`` into a uint8 tensor, transforms on the tensor).
+DECODERS = ("pil", "torchvision")
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Any):
+
+def read_image(path: str, decode: str = "pil"):
+    """An RGB image: a PIL image, or a uint8 (3, H, W) tensor with ``decode="torchvision"``;
+    None when the file is not a readable image."""
+    try:
+        if decode == "torchvision":
+            from torchvision.io import ImageReadMode, decode_image
+
+            return decode_image(path, mode=ImageReadMode.RGB)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception:  # truncated, not an image, unreadable
+        return None
+
+
+class ImageFiles(Dataset):
+    """(path, label) samples, decoded by ``decode`` (see :data:`DECODERS`). An unreadable image
+    yields ``None`` (skipped by :func:`collate_skipping`, which counts it) instead of stopping
+    the run. A key ``(index, seed)`` (see :class:`ShardSampler`) seeds the random transforms."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Any, decode: str = "pil"):
+        if decode not in DECODERS:
+            raise ValueError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
         self.samples = list(samples)
         self.transform = transform
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
-        from PIL import Image
-
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = sample_key(key)
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except Exception:  # truncated, not an image, unreadable
+        image = read_image(path, self.decode)
+        if image is None:
             return None
-        return self.transform(image), label
+        with sample_rng(seed):
+            return self.transform(image), label
 
 
 def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -229,19 +262,31 @@ class ShardSampler(torch.utils.data.Sampler):
     Training shards are cut to equal length so every rank runs the same number of steps;
     evaluation shards are disjoint and cover every sample exactly once. The epoch's order is
     drawn once, on first use after :meth:`set_epoch`.
+
+    Resuming inside an epoch: ``set_epoch(epoch, start)`` skips the first ``start`` samples of
+    this rank's shard (the steps already taken), so iteration and ``len`` cover the rest.
+    With ``sample_seeds`` (training image folders) each item is ``(index, seed)``: the seed of
+    that sample's random transforms, a function of the run's seed, the epoch and the index
+    alone, so augmentation does not depend on loader workers or on where a run resumed.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 sample_seeds: bool = False):
         self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.sample_seeds = sample_seeds
         self.epoch = 0
+        self.start = 0
         self._order: list[int] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.shard_size:
+            raise ValueError(f"cannot start epoch {epoch} at sample {start}: this shard has {self.shard_size}")
         if epoch != self.epoch:
             self.epoch, self._order = epoch, None
+        self.start = start
 
     def indices(self) -> list[int]:
-        """This rank's sample indices for the current epoch, in order."""
+        """This rank's sample indices for the current epoch, in order (from its beginning)."""
         if self._order is None:
             if self.shuffle:
                 g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -252,13 +297,54 @@ class ShardSampler(torch.utils.data.Sampler):
             self._order = order[self.rank :: self.world_size]
         return self._order
 
-    def __iter__(self):
-        return iter(self.indices())
+    def sample_seed(self, index: int) -> int:
+        """The seed of sample ``index``'s random transforms in the current epoch."""
+        return ((self.seed * 1_000_003 + self.epoch) * 2_654_435_761 + index) % (2**63)
 
-    def __len__(self) -> int:
+    def __iter__(self):
+        rest = self.indices()[self.start :]
+        if self.sample_seeds:
+            return iter([(i, self.sample_seed(i)) for i in rest])
+        return iter(rest)
+
+    @property
+    def shard_size(self) -> int:
         if self.shuffle:
             return self.n // self.world_size
         return max(0, (self.n - self.rank + self.world_size - 1) // self.world_size)
+
+    def __len__(self) -> int:
+        return self.shard_size - self.start
+
+
+def sample_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """``(index, seed)`` from a sampler's item: an index, or an index with its transform seed."""
+    return (key[0], key[1]) if isinstance(key, tuple) else (key, None)
+
+
+@contextmanager
+def sample_rng(seed: int | None):
+    """Random transforms inside draw from a generator seeded with ``seed`` (torch's global one,
+    which torchvision's transforms use), and the process's own state is restored after."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, collate_fn: Any, workers: int = 0, seed: int = 0,
+                rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """The DataLoader of every image-file data set: this rank's shard (a :class:`ShardSampler`,
+    seeded transforms when training), persistent workers, pinned memory when a GPU is present,
+    and worker seeds from a generator of its own, so the process's random state is untouched."""
+    sampler = ShardSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, sample_seeds=train)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn, drop_last=train,
+        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _class_folders(root: Path) -> list[tuple[str, list[str]]]:
@@ -294,11 +380,18 @@ def _probe_image_size(path: str) -> int | None:
         return None
 
 
-def image_transforms(image_size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[Any, Any]:
-    """(train, eval) torchvision transforms: the ImageNet recipe, or the small-image one."""
-    from torchvision import transforms as T
+def image_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], decode: str = "pil") -> tuple[Any, Any]:
+    """(train, eval) torchvision transforms: the ImageNet recipe, or the small-image one. They
+    take PIL images, or uint8 tensors with ``decode="torchvision"`` (the same operations,
+    antialiased resizing, on the tensor)."""
+    if decode == "torchvision":
+        from torchvision.transforms import v2 as T
 
-    norm = [T.ToTensor(), T.Normalize(mean, std)]
+        norm = [T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+    else:
+        from torchvision import transforms as T
+
+        norm = [T.ToTensor(), T.Normalize(mean, std)]
     if image_size <= SMALL_IMAGE:
         base = [T.Resize(image_size), T.CenterCrop(image_size)]
         train = T.Compose(base + [T.RandomCrop(image_size, padding=max(1, image_size // 8)), T.RandomHorizontalFlip()] + norm)
@@ -343,12 +436,9 @@ class DataSpec:
             return TensorBatches(data, batch_size, self.mean, self.std, train=train, augment=augment,
                                  padding=max(1, self.image_size // 8), seed=seed, rank=rank, world_size=world_size)
         if train and not augment:
-            data = ImageFiles(data.samples, self.eval_transform)
-        sampler = ShardSampler(len(data), shuffle=train, seed=seed, rank=rank, world_size=world_size)
-        return torch.utils.data.DataLoader(
-            data, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skipping,
-            drop_last=train, persistent_workers=workers > 0,
-        )
+            data = ImageFiles(data.samples, self.eval_transform, data.decode)
+        return make_loader(data, batch_size, train=train, collate_fn=collate_skipping, workers=workers, seed=seed,
+                           rank=rank, world_size=world_size)
 
 
 def build_data(
@@ -359,8 +449,12 @@ def build_data(
     val_subset: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    decode: str = "pil",
 ) -> DataSpec:
-    """Resolves ``data`` (a built-in name or an ImageFolder directory) into a :class:`DataSpec`."""
+    """Resolves ``data`` (a built-in name or an ImageFolder directory) into a :class:`DataSpec`.
+    ``decode`` chooses how image files are decoded (:data:`DECODERS`)."""
+    if decode not in DECODERS:
+        raise ValueError(f"--decode {decode!r} is not one of {', '.join(DECODERS)}")
     if str(data) == "fashion-mnist":
         train, test = load_fashion_mnist()
         if image_size not in (None, 28):
@@ -406,8 +500,8 @@ def build_data(
     if image_size is None:
         probed = next((s for s in map(_probe_image_size, (f for f, _ in train_samples[:8])) if s), None)
         image_size = probed if probed is not None and probed <= SMALL_IMAGE else 224
-    train_tf, eval_tf = image_transforms(image_size, IMAGENET_MEAN, IMAGENET_STD)
+    train_tf, eval_tf = image_transforms(image_size, IMAGENET_MEAN, IMAGENET_STD, decode)
     return DataSpec(
         str(root), len(names), 3, image_size, IMAGENET_MEAN, IMAGENET_STD, names,
-        ImageFiles(train_samples, train_tf), ImageFiles(val_samples, eval_tf), notes, eval_tf,
+        ImageFiles(train_samples, train_tf, decode), ImageFiles(val_samples, eval_tf, decode), notes, eval_tf,
     )

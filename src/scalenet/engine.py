@@ -25,7 +25,9 @@ from .checkpoint import CheckpointError, read_state_dict
 from .data import DataSpec, build_data
 from .factory import create_model
 from .models.scalenet import checkpoint_filter_fn
-from .runs import DistContext, RunDir, TrainingError, Updater, autocast, batches, fit, seed_all, setup_distributed
+from .runs import (
+    DEFAULT_SAVE_EVERY, DistContext, RunDir, TrainingError, Updater, autocast, batches, fit, seed_all, setup_distributed,
+)
 from .structure import Structure
 
 __all__ = [
@@ -64,6 +66,7 @@ class TrainConfig:
     augment: bool = True  # the recipe's crop + flip; off only for very short runs
     init: str | None = None  # start from these weights (fine-tuning); the classifier is reset if it does not fit
     freeze_stages: int = 0  # fine-tuning: no gradients for the stem and the first N stages
+    save_every: float | None = DEFAULT_SAVE_EVERY  # minutes between checkpoints inside an epoch (None: epoch ends only)
     progress: bool = True
     tensorboard: bool = True
 
@@ -210,18 +213,21 @@ class ClassificationTask:
 
     def identity(self) -> dict[str, Any]:
         s = self.structure
-        return {"structure": (s.rows, s.layers, s.scales), "number of classes": self.data.num_classes}
+        return {"structure": (s.rows, s.layers, s.scales), "number of classes": self.data.num_classes,
+                "data set": self.data.name, "number of training images": len(self.data.train)}
 
     def identity_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any]:
         s = Structure.from_json(ckpt["structure"], source="checkpoint (structure)")
-        return {"structure": (s.rows, s.layers, s.scales), "number of classes": ckpt.get("num_classes")}
+        return {"structure": (s.rows, s.layers, s.scales), "number of classes": ckpt.get("num_classes"),
+                "data set": ckpt.get("data"), "number of training images": ckpt.get("train_images")}
 
     def checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
         data = self.data
         return {
             "structure": self.structure.to_json(), "num_classes": data.num_classes, "in_chans": data.in_chans,
             "image_size": data.image_size, "mean": list(data.mean), "std": list(data.std), "classes": list(data.classes),
-            "data": data.name, "args": asdict(self.cfg), "val_top1": record["val_top1"],
+            "data": data.name, "train_images": len(data.train), "args": asdict(self.cfg),
+            "val_top1": record.get("val_top1"),
         }
 
 
@@ -256,12 +262,14 @@ def train(
     cfg: TrainConfig,
     run_dir: str | os.PathLike | None = None,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     description: str | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Trains ``structure`` from scratch on ``data`` (or resumes ``run_dir/last.pt``).
+    """Trains ``structure`` from scratch on ``data``, or continues the run in ``run_dir``:
+    ``resume=True`` requires one, ``"auto"`` continues one if it is there (the same call then
+    serves the first start and every restart).
 
     With ``run_dir=None`` nothing is written (used for short internal runs such as a seed
     network); otherwise checkpoints, ``metrics.jsonl`` and TensorBoard logs go there.
@@ -271,9 +279,7 @@ def train(
     d = setup_distributed()
     structure.check_input(data.image_size)
     run = RunDir(run_dir, CHECKPOINT_FORMAT) if run_dir is not None else None
-    if run is not None and d.main:
-        run.prepare(resume)
-    d.barrier()
+    resume = run.open(resume, d) if run is not None else False
 
     seed_all(cfg.seed)
     model = create_model(structure, num_classes=data.num_classes, in_chans=data.in_chans)
@@ -295,6 +301,6 @@ def train(
     task = ClassificationTask(structure, data, cfg, val_loader, d, description or structure.name or "model")
     result = fit(task, model, updater, train_loader, epochs=cfg.epochs, run=run, d=d, resume=resume,
                  compile=cfg.compile, amp=cfg.amp, regularizer=regularizer, on_epoch=on_epoch, progress=cfg.progress,
-                 tensorboard=cfg.tensorboard)
+                 tensorboard=cfg.tensorboard, save_every=cfg.save_every)
     return TrainResult(model=model, metrics=result.metrics, best_top1=result.best,
                        run_dir=run.path if run is not None else None)

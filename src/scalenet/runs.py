@@ -17,6 +17,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +40,12 @@ __all__ = [
     "Updater",
     "Task",
     "TrainingError",
+    "Preempted",
+    "PREEMPTED_EXIT_CODE",
+    "DEFAULT_SAVE_EVERY",
     "train_one_epoch",
+    "EpochTally",
+    "describe_position",
     "batches",
     "fit",
     "seed_all",
@@ -52,6 +60,51 @@ __all__ = [
 
 class TrainingError(RuntimeError):
     """The run cannot go on (diverged loss). The message says what happened and what is kept."""
+
+
+#: The exit code after SIGTERM, once the checkpoint is written: 128 + SIGTERM, what a process
+#: killed by the signal reports. Non-zero, so torchrun's agent restarts the workers (while
+#: ``--max-restarts`` allows) and schedulers that requeue failed jobs do so.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+#: Minutes between checkpoints inside an epoch (``--save-every``). Counted from the last
+#: checkpoint of any kind, so runs whose epochs are shorter than this only save at epoch ends.
+DEFAULT_SAVE_EVERY = 15.0
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: every rank finished its step and the position was saved. Exit with
+    :data:`PREEMPTED_EXIT_CODE`; the same command with ``--resume auto`` continues."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, checkpoint: Path | None):
+        self.checkpoint = checkpoint
+        where = f"the run's position is in {checkpoint}" if checkpoint else "nothing was saved (no run directory)"
+        super().__init__(f"stopped by SIGTERM after finishing its step; {where}; "
+                         "run the same command with --resume auto to continue")
+
+
+class _SigtermFlag:
+    """While active (main thread only), SIGTERM sets :attr:`requested` instead of killing the
+    process; the previous handler comes back on exit."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "_SigtermFlag":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -85,6 +138,14 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a picklable object)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def wrap(self, model: nn.Module, compile: bool = False) -> nn.Module:
         """``model`` under DDP when there are several ranks, then compiled if asked."""
         net = model
@@ -103,8 +164,27 @@ def setup_distributed() -> DistContext:
     if cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, int(restart)), rank=rank,
+                                    world_size=world_size)
     return DistContext(rank, world_size, local_rank, device)
+
+
+def _attempt_store(rank: int, world_size: int, attempt: int) -> dist.Store:
+    """The rendezvous store of one torchrun attempt. torchrun's agent keeps one store across
+    restarts, and the process group's keys carry no attempt number: after a restart, a rank
+    could read the address a worker of the previous attempt had published and fail to connect
+    ("Gloo connectFullMesh failed ... Connection refused"; 4 restarts in 6 on this machine).
+    A prefix per attempt keeps the attempts apart."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world_size, is_master=not agent_hosts_it and rank == 0,
+                          timeout=dist.constants.default_pg_timeout, multi_tenant=True)
+    return dist.PrefixStore(f"scalenet/attempt-{attempt}", store)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -210,10 +290,18 @@ class Updater:
 
 
 # ---------------------------------------------------------------------------- run directory
+_STEP_FILE = re.compile(r"step-e(\d+)-s(\d+)\.pt$")
+
+
 class RunDir:
-    """A run directory: ``last.pt``, ``best.pt``, ``metrics.jsonl`` (one record per epoch) and,
-    at the end, ``model.safetensors`` with the best weights. Checkpoints carry ``format`` so
-    that a directory of another task is not mistaken for this one."""
+    """A run directory: ``last.pt`` (end of the latest epoch), ``best.pt``, up to two step
+    checkpoints ``step-eEEEE-sSSSSSSS.pt`` (inside epoch ``EEEE``, after ``SSSSSSS`` of its
+    steps), ``metrics.jsonl`` (one record per epoch) and, at the end, ``model.safetensors``
+    with the best weights. Checkpoints carry ``format`` so that a directory of another task is
+    not mistaken for this one."""
+
+    #: step checkpoints kept (the newest ones): the latest, and one to fall back on
+    KEEP_STEPS = 2
 
     def __init__(self, path: str | os.PathLike, checkpoint_format: str):
         self.path = Path(path)
@@ -231,8 +319,24 @@ class RunDir:
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def prepare(self, resume: bool) -> None:
-        """Creates the directory; with ``resume`` it must hold ``last.pt``, without it must not."""
+    def step_file(self, epochs_done: int, steps: int) -> Path:
+        return self.path / f"step-e{epochs_done + 1:04d}-s{steps:07d}.pt"
+
+    def step_files(self) -> list[tuple[tuple[int, int], Path]]:
+        """``((epochs done, steps), path)`` of the step checkpoints, newest first."""
+        found = []
+        for f in self.path.glob("step-e*-s*.pt") if self.path.is_dir() else []:
+            m = _STEP_FILE.match(f.name)
+            if m:
+                found.append(((int(m.group(1)) - 1, int(m.group(2))), f))
+        return sorted(found, reverse=True)
+
+    def has_checkpoint(self) -> bool:
+        return self.last.is_file() or bool(self.step_files())
+
+    def prepare(self, resume: bool | str) -> bool:
+        """Creates the directory and says whether the run resumes. ``resume=True``: it must hold a
+        checkpoint; ``False``: it must not; ``"auto"``: resume when it holds one."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"output directory {self.path} is a file; choose another --out")
         try:
@@ -244,12 +348,22 @@ class RunDir:
             raise PermissionError(
                 f"output directory {self.path} is not writable ({e.strerror or e}); choose another --out"
             ) from None
-        if resume and not self.last.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {self.last}; start without --resume")
-        if not resume and self.last.is_file():
+        held = self.has_checkpoint()
+        if resume == "auto":
+            return held
+        if resume and not held:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.path}; start without --resume (or --resume auto)")
+        if not resume and held:
+            newest = self.last.name if self.last.is_file() else self.step_files()[0][1].name
             raise ValueError(
-                f"{self.path} already holds a run ({self.last}); pass --resume to continue it or choose another --out"
+                f"{self.path} already holds a run ({newest}); pass --resume (or --resume auto) to continue it or "
+                "choose another --out"
             )
+        return bool(resume)
+
+    def open(self, resume: bool | str, d: DistContext) -> bool:
+        """:meth:`prepare` on rank 0, its answer (whether the run resumes) on every rank."""
+        return bool(d.broadcast(self.prepare(resume) if d.main else None))
 
     def read(self, path: Path | None = None) -> dict[str, Any]:
         """A checkpoint of this run's format (``last.pt`` by default)."""
@@ -258,6 +372,37 @@ class RunDir:
         if ckpt.get("format") != self.format or "model" not in ckpt:
             raise CheckpointError(f"{path}: not a {self.format} checkpoint")
         return ckpt
+
+    def latest(self) -> tuple[Path, dict[str, Any]]:
+        """The newest complete checkpoint: a step checkpoint past ``last.pt``, else ``last.pt``,
+        else the older step checkpoints and ``best.pt``. A file that cannot be read (cut off
+        mid-write, damaged) is passed over with a one-line note naming it and what is used
+        instead; with none left, one :class:`CheckpointError` lists them."""
+        damaged: list[str] = []
+        last = None
+        if self.last.is_file():
+            try:
+                last = self.read(self.last)
+            except CheckpointError as e:
+                damaged.append(_reason(self.last, e))
+        last_position = (int(last["epoch"]), 0) if last is not None else (-1, -1)
+        steps = self.step_files()
+        candidates = [p for pos, p in steps if pos > last_position] + ([self.last] if last is not None else [])
+        candidates += [p for pos, p in steps if pos <= last_position] + [self.best]
+        for path in candidates:
+            if path == self.best and not path.is_file():
+                continue
+            try:
+                ckpt = last if path == self.last else self.read(path)
+            except CheckpointError as e:
+                damaged.append(_reason(path, e))
+                continue
+            if damaged:
+                print(f"note: {'; '.join(damaged)}; resuming from {path.name} instead "
+                      f"({describe_position(ckpt)})", flush=True)
+            return path, ckpt
+        raise CheckpointError(f"no complete checkpoint left in {self.path} to resume from: {'; '.join(damaged)}; "
+                              "start a new run with another --out")
 
     def kept(self, epoch: int) -> str:
         """What survives a failure now, for error messages."""
@@ -286,6 +431,14 @@ class RunDir:
             atomic_write(self.best, lambda f: torch.save(ckpt, f))
         atomic_write(self.last, lambda f: torch.save(ckpt, f))
 
+    def save_step(self, ckpt: dict[str, Any]) -> Path:
+        """Writes a step checkpoint (atomically) and removes all but the newest :attr:`KEEP_STEPS`."""
+        path = self.step_file(int(ckpt["epoch"]), int(ckpt["step"]))
+        atomic_write(path, lambda f: torch.save(ckpt, f))
+        for _, old in self.step_files()[self.KEEP_STEPS :]:
+            old.unlink(missing_ok=True)
+        return path
+
     def export_best_weights(self) -> Path | None:
         """``model.safetensors`` with the weights of ``best.pt`` (None when there is no best)."""
         if not self.best.is_file():
@@ -293,9 +446,29 @@ class RunDir:
         return save_weights(read_state_dict(self.best)["model"], self.path / "model.safetensors")
 
 
+def _reason(path: Path, e: Exception) -> str:
+    """One short clause on why ``path`` cannot be resumed from."""
+    text = str(e)
+    if "not a readable" in text:
+        return f"{path.name} is cut off or damaged (unreadable)"
+    return f"{path.name}: {text.split(': ', 1)[-1]}"
+
+
+def describe_position(ckpt: Mapping[str, Any]) -> str:
+    """Where a checkpoint stands, e.g. "epoch 3, step 120" (inside epoch 3) or "end of epoch 2"."""
+    epoch, step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
+    return f"epoch {epoch + 1}, step {step}" if step else f"end of epoch {epoch}"
+
+
 def check_same_run(path: Path, saved: Mapping[str, Any], current: Mapping[str, Any], advice: str) -> None:
-    """Raises one line naming what differs between a checkpoint's run and this one."""
-    differ = [k for k in current if saved.get(k) != current[k]]
+    """Raises one line naming what differs between a checkpoint's run and this one (short scalar
+    values are shown, e.g. the data set's name; entries an older checkpoint lacks are not compared)."""
+    differ = []
+    for k, v in current.items():
+        old = saved.get(k)
+        if old is not None and old != v:
+            short = all(isinstance(x, (str, int, float)) and len(str(x)) <= 120 for x in (old, v))
+            differ.append(f"{k} ({old} there, {v} here)" if short else k)
     if differ:
         raise ValueError(f"{path} holds a run with a different {' and '.join(differ)}; {advice}")
 
@@ -337,6 +510,37 @@ def batches(loader: Iterable) -> Iterable[tuple[Any, Any, int]]:
         yield (batch[0], batch[1], batch[2]) if len(batch) == 3 else (batch[0], batch[1], 0)
 
 
+@dataclass
+class EpochTally:
+    """The running sums of an epoch (loss parts weighted by images, images, unreadable samples,
+    seconds); a step checkpoint stores them so that a resumed epoch's record covers all of it."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    images: float = 0.0
+    skipped: float = 0.0
+    seconds: float = 0.0  # before this process's share of the epoch
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return self.seconds + time.perf_counter() - self.started
+
+    def state(self, d: DistContext) -> dict[str, Any]:
+        """The tally summed over ranks (every rank must call it), for a checkpoint."""
+        keys = sorted(self.sums)
+        reduced = d.all_reduce([self.sums[k] for k in keys] + [self.images, self.skipped])
+        return {"sums": dict(zip(keys, reduced)), "images": reduced[-2], "skipped": reduced[-1], "seconds": self.elapsed()}
+
+    @classmethod
+    def resumed(cls, state: Mapping[str, Any] | None, main: bool) -> "EpochTally":
+        """The tally a resumed epoch starts from: the checkpoint's sums on rank 0 (they already
+        cover every rank), zeros elsewhere."""
+        if not state:
+            return cls()
+        if not main:
+            return cls({k: 0.0 for k in state["sums"]}, seconds=float(state["seconds"]))
+        return cls(dict(state["sums"]), float(state["images"]), float(state["skipped"]), float(state["seconds"]))
+
+
 def train_one_epoch(
     net: nn.Module,
     loader: Iterable,
@@ -351,6 +555,9 @@ def train_one_epoch(
     amp: bool = False,
     regularizer: Callable[[], torch.Tensor] | None = None,
     progress: bool = True,
+    first_step: int = 0,
+    tally: EpochTally | None = None,
+    after_step: Callable[[int, EpochTally], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: ``step`` computes the losses of a batch, ``updater`` steps.
 
@@ -358,34 +565,39 @@ def train_one_epoch(
     progress bar. Returns the image-weighted means of ``step``'s outputs (summed over ranks), ``images``,
     ``skipped`` (unreadable samples) and ``seconds``. Empty batches (all samples unreadable)
     are skipped. ``regularizer`` adds a penalty (e.g. L1 on BN scales) to the optimised loss.
+
+    Resuming inside an epoch: ``loader`` yields the remaining batches, ``first_step`` counts the
+    ones done and ``tally`` holds their sums. ``after_step(steps done, tally)`` runs after each
+    batch (checkpoints, SIGTERM).
     """
     net.train()
+    tally = tally or EpochTally()
     t0 = time.perf_counter()
-    sums: dict[str, float] = {}
-    seen = skipped = 0.0
+    seen_here = 0
     total = len(loader) if hasattr(loader, "__len__") else None
     bar = progress_bar(loader, total, desc, progress and d.main)
-    for i, (inputs, targets, s) in enumerate(batches(bar)):
-        skipped += s
+    for i, (inputs, targets, s) in enumerate(batches(bar), start=first_step):
+        tally.skipped += s
         n = len(targets)
-        if n == 0:
-            continue
-        with autocast(d.device, amp):
-            parts = step(net, inputs, targets)
-        if regularizer is not None:
-            parts["loss"] = parts["loss"] + regularizer()
-        updater.step(parts["loss"], where=f"epoch {epoch + 1}, step {i + 1}", kept=kept, advice=advice)
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-        seen += n
-        if hasattr(bar, "set_postfix"):
-            rate = seen * d.world_size / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", lr=f"{updater.lr:.4g}", img_s=format_rate(rate))
-    keys = list(sums)
-    reduced = d.all_reduce([sums[k] for k in keys] + [seen, skipped])
-    seen, skipped = reduced[-2], reduced[-1]
-    out = {k: v / max(seen, 1) for k, v in zip(keys, reduced)}
-    out.update(images=seen, skipped=skipped, seconds=time.perf_counter() - t0)
+        if n:
+            with autocast(d.device, amp):
+                parts = step(net, inputs, targets)
+            if regularizer is not None:
+                parts["loss"] = parts["loss"] + regularizer()
+            updater.step(parts["loss"], where=f"epoch {epoch + 1}, step {i + 1}", kept=kept, advice=advice)
+            for k, v in parts.items():
+                tally.sums[k] = tally.sums.get(k, 0.0) + float(v.detach()) * n
+            tally.images += n
+            seen_here += n
+            if hasattr(bar, "set_postfix"):
+                rate = seen_here * d.world_size / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{tally.sums['loss'] / max(tally.images, 1):.3f}", lr=f"{updater.lr:.4g}",
+                                img_s=format_rate(rate))
+        if after_step is not None:
+            after_step(i + 1, tally)
+    state = tally.state(d)
+    out = {k: v / max(state["images"], 1) for k, v in state["sums"].items()}
+    out.update(images=state["images"], skipped=state["skipped"], seconds=state["seconds"])
     return out
 
 
@@ -411,16 +623,26 @@ def fit(
     on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     progress: bool = True,
     tensorboard: bool = False,
+    save_every: float | None = DEFAULT_SAVE_EVERY,
 ) -> FitResult:
     """Trains ``model`` for ``epochs`` epochs with ``task``'s step and metric.
 
-    ``loader`` yields ``(inputs, targets)`` or ``(inputs, targets, skipped)`` and has a
-    ``sampler`` with ``set_epoch``. With ``run`` (rank 0 writes it) every epoch appends to
-    ``metrics.jsonl`` and writes ``last.pt`` (``best.pt`` when ``task.metric`` improves);
-    ``resume`` first restores ``run.last`` exactly. Without ``run`` nothing is written.
+    ``loader`` yields ``(inputs, targets)`` or ``(inputs, targets, skipped)``, has a
+    ``batch_size`` and a ``sampler`` with ``set_epoch(epoch, start)``. With ``run`` (rank 0
+    writes it) every epoch appends to ``metrics.jsonl`` and writes ``last.pt`` (``best.pt``
+    when ``task.metric`` improves), and a step checkpoint is written whenever ``save_every``
+    minutes have passed since the last checkpoint (None: only at epoch ends). ``resume``
+    first restores the run's newest complete checkpoint exactly, inside an epoch too.
+
+    SIGTERM (with ``run``): every rank finishes its step, rank 0 writes a step checkpoint and
+    :class:`Preempted` is raised. Without ``run`` nothing is written and SIGTERM is not caught.
     ``on_epoch(model, record)`` runs after each epoch's validation (e.g. to watch a ranking settle).
     """
-    start, best, metrics = _restore(task, model, updater, run) if resume and run is not None else (0, task.initial_best, [])
+    if save_every is not None and not save_every > 0:
+        raise ValueError(f"--save-every must be a positive number of minutes, got {save_every}")
+    start, first_step, tally_state, best, metrics = 0, 0, None, task.initial_best, []
+    if resume and run is not None:
+        start, first_step, tally_state, best, metrics = _restore(task, model, updater, run, d)
     net = d.wrap(model, compile)
     writer = None
     if run is not None and d.main:
@@ -431,46 +653,77 @@ def fit(
             writer = SummaryWriter(str(run.path / "tensorboard"), purge_step=start + 1)
     penalty = (lambda: regularizer(model)) if regularizer is not None else None
     note_skipped = True
-    try:
-        for epoch in range(start, epochs):
-            loader.sampler.set_epoch(epoch)
-            desc = f"{task.label} epoch {epoch + 1}/{epochs}"
-            stats = train_one_epoch(
-                net, loader, task.step, updater, epoch=epoch, desc=desc, d=d, amp=amp, regularizer=penalty,
-                progress=progress, kept=run.kept(epoch) if run is not None else "nothing was saved", advice=task.advice,
-            )
-            t = time.perf_counter()
-            val = task.validate(net)
-            record = _epoch_record(task, epoch, stats, val, updater.lr, time.perf_counter() - t)
-            improved = task.metric in record and record[task.metric] > best
-            best = max(best, record[task.metric]) if task.metric in record else best
-            metrics.append(record)
-            if on_epoch is not None:
-                on_epoch(model, record)
-            if d.main:
-                note_skipped = _report(task, desc, record, note_skipped)
-            if run is not None and d.main:
-                ckpt = {"format": task.checkpoint_format, "epoch": epoch + 1, **updater.state(model),
-                        **task.checkpoint(record), task.best_key: best}
-                run.save(ckpt, record, improved)
-                if writer is not None:
-                    _log_scalars(writer, record, epoch + 1)
+    last_save = time.monotonic()
+    with _SigtermFlag(run is not None) as sigterm:
+
+        def after_step(steps: int, tally: EpochTally) -> None:
+            nonlocal last_save
+            due = save_every is not None and time.monotonic() - last_save >= 60 * save_every
+            stop, due = (bool(v) for v in d.all_reduce([float(sigterm.requested), float(due and d.main)]))
+            if not (stop or due):
+                return
+            ckpt = {"format": task.checkpoint_format, "epoch": epoch, "step": steps, "tally": tally.state(d),
+                    **updater.state(model), **task.checkpoint({}), task.best_key: best}
+            path = run.save_step(ckpt) if d.main else None
+            last_save = time.monotonic()
             d.barrier()
-    finally:
-        if writer is not None:
-            writer.close()
+            if stop:
+                raise Preempted(path)
+
+        try:
+            for epoch in range(start, epochs):
+                loader.sampler.set_epoch(epoch, first_step * loader.batch_size)
+                desc = f"{task.label} epoch {epoch + 1}/{epochs}"
+                stats = train_one_epoch(
+                    net, loader, task.step, updater, epoch=epoch, desc=desc, d=d, amp=amp, regularizer=penalty,
+                    progress=progress, kept=run.kept(epoch) if run is not None else "nothing was saved",
+                    advice=task.advice, first_step=first_step, tally=EpochTally.resumed(tally_state, d.main),
+                    after_step=after_step if run is not None else None,
+                )
+                first_step, tally_state = 0, None
+                t = time.perf_counter()
+                val = task.validate(net)
+                record = _epoch_record(task, epoch, stats, val, updater.lr, time.perf_counter() - t)
+                improved = task.metric in record and record[task.metric] > best
+                best = max(best, record[task.metric]) if task.metric in record else best
+                metrics.append(record)
+                if on_epoch is not None:
+                    on_epoch(model, record)
+                if d.main:
+                    note_skipped = _report(task, desc, record, note_skipped)
+                if run is not None and d.main:
+                    ckpt = {"format": task.checkpoint_format, "epoch": epoch + 1, **updater.state(model),
+                            **task.checkpoint(record), task.best_key: best}
+                    run.save(ckpt, record, improved)
+                    if writer is not None:
+                        _log_scalars(writer, record, epoch + 1)
+                last_save = time.monotonic()
+                d.barrier()
+                if run is not None and bool(d.all_reduce([float(sigterm.requested)])[0]) and epoch + 1 < epochs:
+                    raise Preempted(run.last)
+        finally:
+            if writer is not None:
+                writer.close()
     if run is not None and d.main:
         run.export_best_weights()
     return FitResult(metrics, best)
 
 
-def _restore(task: Task, model: nn.Module, updater: Updater, run: RunDir) -> tuple[int, float, list[dict[str, Any]]]:
-    """Restores ``run.last`` exactly; returns the epochs done, the best metric and their records."""
-    ckpt = run.read()
-    check_same_run(run.last, task.identity_of(ckpt), task.identity(), "resume with the same model and data")
+def _restore(task: Task, model: nn.Module, updater: Updater, run: RunDir,
+             d: DistContext) -> tuple[int, int, dict[str, Any] | None, float, list[dict[str, Any]]]:
+    """Restores the run's newest complete checkpoint exactly (rank 0 chooses it, every rank reads
+    it); returns the epochs done, the steps done inside the next one, the epoch's tally so far,
+    the best metric and the records of the epochs done."""
+    path, ckpt = run.latest() if d.main else (None, None)
+    path = d.broadcast(path)
+    ckpt = ckpt if d.main else run.read(path)
+    check_same_run(path, task.identity_of(ckpt), task.identity(),
+                   "resume with the same model and data, or choose another --out")
     updater.restore(ckpt, model)
     start = int(ckpt["epoch"])
-    return start, float(ckpt[task.best_key]), run.read_metrics(upto=start)
+    if d.main:
+        print(f"resuming {run.path} from {path.name} ({describe_position(ckpt)})", flush=True)
+    return start, int(ckpt.get("step", 0)), ckpt.get("tally"), float(ckpt[task.best_key]), run.read_metrics(upto=start)
 
 
 def _report(task: Task, desc: str, record: Mapping[str, Any], note_skipped: bool) -> bool:

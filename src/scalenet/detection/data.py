@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import ShardSampler
+from ..data import make_loader, sample_key, sample_rng
 
 __all__ = ["CocoDetection", "detection_collate", "detection_loader", "read_coco_json"]
 
@@ -134,7 +134,8 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        index, seed = sample_key(key)  # training: (index, seed of its flip), see ShardSampler
         info = self.images[index]
         try:
             with Image.open(self.image_dir / info["file_name"]) as f:
@@ -150,7 +151,9 @@ class CocoDetection(Dataset):
         labels = torch.tensor([a["category_id"] for a in self.targets[info["id"]]], dtype=torch.int64)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # boxes wholly outside the image
         boxes, labels = boxes[keep], labels[keep]
-        if self.train and torch.rand(()) < 0.5:
+        with sample_rng(seed):
+            flip = self.train and bool(torch.rand(()) < 0.5)
+        if flip:
             image = image.flip(-1)
             boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
         return image, {"boxes": boxes, "labels": labels, "image_id": torch.tensor(info["id"])}
@@ -167,8 +170,5 @@ def detection_loader(
     world_size: int = 1,
 ) -> DataLoader:
     """A loader over this rank's shard (seeded shuffle per epoch when training)."""
-    sampler = ShardSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=detection_collate,
-        drop_last=shuffle, persistent_workers=workers > 0,
-    )
+    return make_loader(dataset, batch_size, train=shuffle, collate_fn=detection_collate, workers=workers, seed=seed,
+                       rank=rank, world_size=world_size)

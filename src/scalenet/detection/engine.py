@@ -23,7 +23,9 @@ from torch import nn
 from ..checkpoint import CheckpointError, read_state_dict
 from ..factory import resolve_structure
 from ..fileio import atomic_write_text, check_output_file
-from ..runs import DistContext, RunDir, Updater, fit, progress_bar, seed_all, setup_distributed, unwrap
+from ..runs import (
+    DEFAULT_SAVE_EVERY, DistContext, RunDir, Updater, fit, progress_bar, seed_all, setup_distributed, unwrap,
+)
 from ..structure import Structure
 from .data import CocoDetection, detection_loader
 from .evaluate import coco_evaluate, predict
@@ -54,6 +56,7 @@ class DetectConfig:
     amp: bool = False
     workers: int = 0
     seed: int = 0
+    save_every: float | None = DEFAULT_SAVE_EVERY  # minutes between checkpoints inside an epoch (None: epoch ends only)
     progress: bool = True
     tensorboard: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # more FasterRCNN keywords
@@ -193,18 +196,22 @@ class DetectionTask:
 
     def identity(self) -> dict[str, Any]:
         s = self.structure
-        return {"backbone": (s.rows, s.layers, s.scales), "number of classes": self.dataset.num_classes}
+        return {"backbone": (s.rows, s.layers, s.scales), "number of classes": self.dataset.num_classes,
+                "data set": str(self.dataset.annotation_file), "number of training images": len(self.dataset)}
 
     def identity_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any]:
         spec = ckpt["detector"]
         s = Structure.from_json(spec["structure"], source="checkpoint (structure)")
-        return {"backbone": (s.rows, s.layers, s.scales), "number of classes": spec["num_classes"]}
+        return {"backbone": (s.rows, s.layers, s.scales), "number of classes": spec["num_classes"],
+                "data set": spec.get("data"), "number of training images": spec.get("train_images")}
 
     def checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "detector": {
                 "structure": self.structure.to_json(),
                 "num_classes": self.dataset.num_classes,
+                "data": str(self.dataset.annotation_file),
+                "train_images": len(self.dataset),
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
             },
             "categories": {str(k): v for k, v in self.dataset.categories.items()},
@@ -216,7 +223,7 @@ def train_detector(
     cfg: DetectConfig,
     run_dir: str | os.PathLike,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     val_dataset: CocoDetection | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Trains Faster R-CNN + FPN with ``cfg.backbone`` on ``dataset``; returns the model and the
@@ -224,9 +231,7 @@ def train_detector(
     d = setup_distributed()
     run = RunDir(run_dir, CHECKPOINT_FORMAT)
     structure = resolve_structure(cfg.backbone)
-    if d.main:
-        run.prepare(resume)
-    d.barrier()
+    resume = run.open(resume, d)
     seed_all(cfg.seed)
     model = _build(structure, dataset.num_classes, cfg, with_weights=not resume).to(d.device)
     if d.main:
@@ -244,7 +249,7 @@ def train_detector(
     updater = Updater(optimizer, scheduler, torch.amp.GradScaler(d.device.type, enabled=cfg.amp and d.device.type == "cuda"))
     task = DetectionTask(structure, dataset, cfg, val_dataset, d)
     result = fit(task, model, updater, loader, epochs=cfg.epochs, run=run, d=d, resume=resume, amp=cfg.amp,
-                 progress=cfg.progress, tensorboard=cfg.tensorboard)
+                 progress=cfg.progress, tensorboard=cfg.tensorboard, save_every=cfg.save_every)
     return model, result.metrics
 
 

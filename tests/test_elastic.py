@@ -1,0 +1,88 @@
+"""Fault tolerance end to end: a 2-process torchrun run (CPU, gloo) with --max-restarts 1 and
+--resume auto loses a worker mid-epoch, to SIGKILL or to SIGTERM. torchrun's agent restarts
+both workers, the run reloads its newest checkpoint and ends with the weights of a run that
+was never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scalenet.checkpoint import read_state_dict
+
+from helpers import make_image_folder, tiny_structure
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("elastic")
+    folder = make_image_folder(root / "data", classes=3, per_class=24, size=16)
+    structure = tiny_structure().save(root / "tiny.json")
+    return root, folder, structure
+
+
+def _command(setting, out: Path, restarts: int) -> list[str]:
+    _, folder, structure = setting
+    return [*TORCHRUN, f"--max-restarts={restarts}", "-m", "scalenet", "train", "--model", str(structure),
+            "--data", str(folder), "--out", str(out), "--epochs", "3", "--batch-size", "2", "--seed", "1",
+            "--no-progress", "--resume", "auto", "--save-every", "1e-6"]  # a step checkpoint after every step
+
+
+def _workers(agent: int) -> dict[int, int]:
+    """{local rank: pid} of the agent's worker processes."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if ppid != agent:
+                continue
+            env = dict(kv.split("=", 1) for kv in (entry / "environ").read_text().split("\0") if "=" in kv)
+        except (OSError, ValueError):
+            continue
+        if "LOCAL_RANK" in env:
+            found[int(env["LOCAL_RANK"])] = int(entry.name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def straight(setting):
+    out = setting[0] / "straight"
+    r = subprocess.run(_command(setting, out, restarts=0), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return read_state_dict(out / "last.pt")
+
+
+@pytest.mark.parametrize("sig, rank", [(signal.SIGKILL, 0), (signal.SIGTERM, 1)], ids=["SIGKILL-rank0", "SIGTERM-rank1"])
+def test_torchrun_restarts_a_lost_worker_and_the_run_ends_as_if_uninterrupted(setting, straight, sig, rank):
+    out = setting[0] / f"run-{sig.name}"
+    agent = subprocess.Popen(_command(setting, out, restarts=1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    deadline = time.time() + 120
+    while not (out / "step-e0001-s0000003.pt").exists() and time.time() < deadline and agent.poll() is None:
+        time.sleep(0.005)
+    workers = _workers(agent.pid)
+    assert agent.poll() is None and rank in workers, "the run ended before a worker could be stopped"
+    os.kill(workers[rank], sig)
+    log, _ = agent.communicate(timeout=300)
+    assert agent.returncode == 0, log[-3000:]
+    assert log.count("resuming ") == 1, log[-3000:]  # the agent restarted the workers once, and they resumed
+    if sig == signal.SIGTERM:
+        assert "stopped by SIGTERM after finishing its step" in log
+    final = read_state_dict(out / "last.pt")
+    assert final["epoch"] == 3
+    for k, v in straight["model"].items():
+        assert torch.equal(v, final["model"][k]), k
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert len(list(out.glob("step-*.pt"))) <= 2
