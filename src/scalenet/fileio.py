@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_output_file"]
+__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_output_file", "read_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -63,3 +64,17 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", example: str
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a directory; give a file name such as {path / example}")
     return path
+
+
+def read_json(path: str | os.PathLike, what: str, expected: str) -> object:
+    """The JSON content of ``path``, or one clear error: ``"<what> not found"``, not a text file,
+    or invalid JSON with its line and column; ``expected`` says what the file should be."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}; expected {expected}")
+    try:
+        return json.loads(p.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not a text file; expected {expected}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); expected {expected}") from None

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json
 
 __all__ = [
     "BlockSpec",
@@ -405,14 +405,7 @@ class Structure:
     def load(cls, path: str | os.PathLike, layers: Sequence[int] | None = None) -> "Structure":
         """Reads and validates a structure file."""
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"structure file not found: {p}")
-        try:
-            obj = json.loads(p.read_text())
-        except UnicodeDecodeError:
-            raise ValueError(f"{p}: not a text file; expected a JSON structure") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        obj = read_json(p, "structure file", "a JSON structure")
         s = cls.from_json(obj, layers=layers, source=str(p))
         return s if s.name is not None else replace(s, name=p.stem)
 

@@ -10,7 +10,6 @@ Labels are the raw category ids (COCO: 1-90, so ``num_classes=91`` with the back
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import make_loader, sample_key, sample_rng
+from ..fileio import read_json
 
 __all__ = ["CocoDetection", "detection_collate", "detection_loader", "read_coco_json"]
 
@@ -32,14 +32,7 @@ _MAX_LISTED = 3
 def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and checks a COCO annotation file; raises FileNotFoundError/ValueError with one line."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"annotation file not found: {p}; give the COCO instances JSON with --coco-json")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{p} is not a text file; give the COCO instances JSON") from None
+    data = read_json(p, "annotation file", "the COCO instances JSON (--coco-json)")
     if not isinstance(data, dict):
         raise ValueError(f"{p}: not a COCO annotation file (top level is a {type(data).__name__}, expected an object)")
     for key in ("images", "annotations", "categories"):
