@@ -33,6 +33,13 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _name_list(text: str) -> list[str]:
+    names = [v for v in text.replace(" ", "").split(",") if v]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated model names or structure files, got {text!r}")
+    return names
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -107,6 +114,8 @@ def add_info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs counted (default 1000)")
     p.add_argument("--layers", type=_int_list, default=None, help="stage depths for a bare-list file, e.g. 2,2,2")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
+    p.add_argument("--latency", default=None, metavar="MODEL.json",
+                   help="also print each block's latency predicted by this cost model (scalenet latency-model)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -116,12 +125,86 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .models.scalenet import check_memory
 
     structure = resolve_structure(args.model, layers=args.layers)
+    latency = _latency_rows(args, structure) if args.latency else None
     summary = structure.summary(image_size=args.image_size, num_classes=args.num_classes)
+    if latency is not None:
+        summary["latency"] = latency
     print(json.dumps(summary) if args.json else format_summary(summary))
+    if latency is not None and not args.json:
+        print(format_latency(latency))
     try:
         check_memory(structure, args.num_classes)
     except ValueError as e:  # the table is still worth reading; building the model would fail
         print(f"note: {e}", file=sys.stderr)
+    return 0
+
+
+def _latency_rows(args: argparse.Namespace, structure) -> dict[str, Any]:
+    from .latency import LatencyModel
+
+    model = LatencyModel.load(args.latency)
+    size = args.image_size or model.settings.image_size
+    if size != model.settings.image_size:
+        raise ValueError(f"{args.latency} was measured at {model.settings.image_size} px; --image-size {size} differs")
+    blocks = model.per_block(structure)
+    return {"model": str(args.latency), "settings": dataclasses.asdict(model.settings),
+            "blocks": [{"block": name, "ms": ms} for name, ms in blocks], "other_ms": model.other,
+            "total_ms": model.predict(structure)}
+
+
+def format_latency(latency: dict[str, Any]) -> str:
+    s = latency["settings"]
+    where = f"{s['device_name']}" + (f", {s['threads']} threads" if s["threads"] else "")
+    lines = ["", f"predicted latency ({latency['model']}: {where}, batch {s['batch_size']}, {s['image_size']} px"
+             f"{', compiled' if s['compile'] else ''})", "", "block      |      ms"]
+    lines += [f"{b['block']:<10} | {b['ms']:7.1f}" for b in latency["blocks"]]
+    lines += [f"{'other':<10} | {latency['other_ms']:7.1f}   (stem, shortcuts, head)",
+              f"{'total':<10} | {latency['total_ms']:7.1f}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- latency model
+def add_latency_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="MODEL.json", help="where to write the cost model")
+    p.add_argument("--reference", default="scalenet50", metavar="NAME|PATH",
+                   help="the layout measured and the network that calibrates the rest (default scalenet50)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--image-size", type=_positive_int, default=None, help="default: the reference's own")
+    p.add_argument("--compile", action="store_true", help="time torch.compile'd blocks and networks")
+    p.add_argument("--configs", type=_positive_int, default=14, help="channel splits timed per stage (default 14)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="interleaved rounds per timing (default 5)")
+    p.add_argument("--check", type=_name_list, default=[], metavar="NAME,...",
+                   help="structures (names or files) whose measured latency is compared with the prediction")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_latency_model(args: argparse.Namespace) -> int:
+    from .factory import resolve_structure
+    from .latency import current_settings, measure_latency_model, prediction_errors
+
+    reference = resolve_structure(args.reference)
+    checks = {name: resolve_structure(name) for name in args.check}
+    settings = current_settings(args.device, args.threads, args.batch_size, args.image_size or reference.image_size,
+                                args.compile)
+    model = measure_latency_model(reference, settings, configs=args.configs, repeats=args.repeats,
+                                  progress=not args.no_progress)
+    for structure in checks.values():
+        model.check_structure(structure)
+    if checks:
+        model.fit["check"] = prediction_errors(model, checks, args.repeats, progress=not args.no_progress)
+    model.save(args.out)
+    print(f"latency model of {reference.name or args.reference}'s layout on {settings.device_name}: written to {args.out}")
+    print("stage |   base ms | fixed ms per branch (by scale) | ms per neuron (by scale)")
+    for i, c in enumerate(model.stages):
+        print(f"{i + 1:>5} | {c.base:9.2f} | {' '.join(f'{v:6.2f}' for v in c.fixed):>30} | "
+              f"{' '.join(f'{v:.4f}' for v in c.per_neuron)}")
+    print(f"other (stem, shortcuts, head): {model.other:.1f} ms; {reference.name or 'reference'} measured "
+          f"{model.fit['reference_ms']:.1f} ms")
+    for row in model.fit.get("check", []):
+        print(f"{row['name']}: measured {row['measured_ms']:.1f} ms, predicted {row['predicted_ms']:.1f} ms "
+              f"({100 * row['error']:+.1f}%)")
     return 0
 
 
@@ -558,6 +641,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                 cmd_predict),
     "allocate": ("learn each block's neurons per scale from data (train a seed, rank |gamma|)", add_allocate_arguments,
                  cmd_allocate),
+    "latency-model": ("time SA blocks on this device and fit a latency cost model (ms per neuron and per branch)",
+                      add_latency_model_arguments, cmd_latency_model),
     "study": ("is the allocation worth it? learned vs uniform, random, ResNet and a heuristic at matched MACs, "
               "over seeds", add_study_arguments, cmd_study),
     "demo": ("the whole pipeline on Fashion-MNIST: allocate, train, compare, report", add_demo_arguments, cmd_demo),
