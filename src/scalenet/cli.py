@@ -692,6 +692,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `scalenet info ... | head`
         return 0
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tears down the process group a torchrun run set up, before the interpreter exits (left to
+    interpreter shutdown, its store and gloo threads can abort the process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover
