@@ -675,10 +675,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        _close_process_group()
+        return code
     except Preempted as e:  # SIGTERM: the position is saved; torchrun or the scheduler restarts the command
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"scalenet: {e}", file=sys.stderr)
+        _close_process_group()  # every rank stopped at the same step
         return e.exit_code
     # ImportError: a missing optional dependency (pycocotools, onnxruntime); the message says what to install
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, ImportError) as e:
@@ -692,13 +695,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `scalenet info ... | head`
         return 0
-    finally:
-        _close_process_group()
 
 
 def _close_process_group() -> None:
-    """Tears down the process group a torchrun run set up, before the interpreter exits (left to
-    interpreter shutdown, its store and gloo threads can abort the process)."""
+    """Tears down the process group a torchrun run set up, before the interpreter exits: left to
+    interpreter shutdown, gloo's worker threads can abort the process ("terminate called without
+    an active exception", pytorch/pytorch#190489). Only where every rank got here (success or
+    an agreed stop): after one rank's error the others may still be inside a collective."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
