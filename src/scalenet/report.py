@@ -48,13 +48,7 @@ def plot_allocation(structure: Structure, path: str | os.PathLike, title: str | 
         ax.bar(range(len(specs)), share, bottom=bottom, color=SCALE_COLOURS[i % len(SCALE_COLOURS)],
                label=f"x{scale}", width=0.85)
         bottom = [b + v for b, v in zip(bottom, share)]
-    for stage in range(1, len(structure.layers)):
-        ax.axvline(sum(structure.layers[:stage]) - 0.5, color="black", lw=0.8, ls=":")
-    ax.set_xticks(range(len(specs)))
-    ax.set_xticklabels([s.name.replace("layer", "") for s in specs], rotation=90, fontsize=7)
-    ax.set_xlim(-0.6, len(specs) - 0.4)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of neurons")
+    _block_axis(ax, structure, specs)
     ax.set_xlabel("block (stage.index); numbers above: neurons kept")
     for x, s in enumerate(specs):
         ax.text(x, 1.01, str(s.width), ha="center", va="bottom", fontsize=6, rotation=90)
@@ -64,6 +58,17 @@ def plot_allocation(structure: Structure, path: str | os.PathLike, title: str | 
         _plot_spread(spread, structure, runs)
         fig.tight_layout()
     return _save(fig, path)
+
+
+def _block_axis(ax, structure: Structure, specs: list) -> None:
+    """One bar slot per block, dotted lines between stages, shares from 0 to 1."""
+    for stage in range(1, len(structure.layers)):
+        ax.axvline(sum(structure.layers[:stage]) - 0.5, color="black", lw=0.8, ls=":")
+    ax.set_xticks(range(len(specs)))
+    ax.set_xticklabels([s.name.replace("layer", "") for s in specs], rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, len(specs) - 0.4)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of neurons")
 
 
 def _plot_spread(ax, structure: Structure, runs: Sequence[Structure]) -> None:
@@ -78,13 +83,7 @@ def _plot_spread(ax, structure: Structure, runs: Sequence[Structure]) -> None:
             run_specs = list(run.blocks())
             ax.scatter(xs, [s.channels[i] / s.width for s in run_specs], s=9, color=colour, edgecolor="black",
                        linewidths=0.3, zorder=3)
-    for stage in range(1, len(structure.layers)):
-        ax.axvline(sum(structure.layers[:stage]) - 0.5, color="black", lw=0.8, ls=":")
-    ax.set_xticks(range(len(specs)))
-    ax.set_xticklabels([s.name.replace("layer", "") for s in specs], rotation=90, fontsize=7)
-    ax.set_xlim(-0.6, len(specs) - 0.4)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of neurons")
+    _block_axis(ax, structure, specs)
     ax.set_title(f"per scale: combined (bars) and each of the {len(runs)} seed networks (dots)", fontsize=9)
 
 

@@ -654,6 +654,12 @@ def fit(
     penalty = (lambda: regularizer(model)) if regularizer is not None else None
     note_skipped = True
     last_save = time.monotonic()
+
+    def checkpoint(epochs_done: int, record: Mapping[str, Any], **position: Any) -> dict[str, Any]:
+        """The run's state now: at an epoch's end, or inside the next one with ``position``."""
+        return {"format": task.checkpoint_format, "epoch": epochs_done, **position, **updater.state(model),
+                **task.checkpoint(record), task.best_key: best}
+
     with _SigtermFlag(run is not None) as sigterm:
 
         def after_step(steps: int, tally: EpochTally) -> None:
@@ -662,8 +668,7 @@ def fit(
             stop, due = (bool(v) for v in d.all_reduce([float(sigterm.requested), float(due and d.main)]))
             if not (stop or due):
                 return
-            ckpt = {"format": task.checkpoint_format, "epoch": epoch, "step": steps, "tally": tally.state(d),
-                    **updater.state(model), **task.checkpoint({}), task.best_key: best}
+            ckpt = checkpoint(epoch, {}, step=steps, tally=tally.state(d))
             path = run.save_step(ckpt) if d.main else None
             last_save = time.monotonic()
             d.barrier()
@@ -692,9 +697,7 @@ def fit(
                 if d.main:
                     note_skipped = _report(task, desc, record, note_skipped)
                 if run is not None and d.main:
-                    ckpt = {"format": task.checkpoint_format, "epoch": epoch + 1, **updater.state(model),
-                            **task.checkpoint(record), task.best_key: best}
-                    run.save(ckpt, record, improved)
+                    run.save(checkpoint(epoch + 1, record), record, improved)
                     if writer is not None:
                         _log_scalars(writer, record, epoch + 1)
                 last_save = time.monotonic()
