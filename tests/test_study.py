@@ -97,6 +97,7 @@ def test_study_resumes_after_a_kill_without_retraining_finished_runs(tmp_path, m
     (["--arms", "learned,fancy"], "unknown arm(s) fancy; choose from learned, uniform, random, resnet, heuristic"),
     (["--arms", "uniform,resnet", "--macs", "1000"], "cannot match 1,000 MACs within 1%"),
     (["--arms", "learned,uniform", "--macs", "1000"], "impossible budget: --macs 1,000 is below the minimum"),
+    (["--arms", "learned,latency"], "the latency arm and --latency-ms need --latency-model"),
 ])
 def test_bad_input_is_one_line_and_writes_no_result(tmp_path, capsys, extra, message):
     folder = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=16)
@@ -113,3 +114,46 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     run_study(cfg, tmp_path / "s")
     with pytest.raises(ValueError, match=r"holds a study with other settings \(epochs\)"):
         run_study(_tiny(tmp_path, arms=("uniform", "resnet"), epochs=2), tmp_path / "s")
+
+
+def test_arms_matched_in_latency_are_measured_and_reported(tmp_path, monkeypatch):
+    """With a (fake) cost model the arms share the learned arm's predicted latency, and each
+    arm's latency is measured (here: a stand-in timer) and reported."""
+    import dataclasses
+
+    import scalenet.latency
+    from scalenet.latency import LatencyModel, StageCost, current_settings
+
+    settings = dataclasses.replace(current_settings("cpu", 2, 4, 16))
+    model = LatencyModel(settings, (1, 2, 4, 7), (1, 1), 8, "small",
+                         [StageCost(1.0, [0.2, 0.4, 0.6, 2.0], [0.02, 0.01, 0.008, 0.006]),
+                          StageCost(0.8, [0.2, 0.3, 0.5, 1.5], [0.03, 0.015, 0.01, 0.005])], 2.0)
+    model.save(tmp_path / "cpu.json")
+    timed = []
+
+    def fake_timer(structures, st, repeats=5, progress=False):
+        timed.append(sorted(structures))
+        return {k: 1.1 * model.predict(s) for k, s in structures.items()}
+
+    monkeypatch.setattr(scalenet.latency, "time_networks", fake_timer)
+    cfg = _tiny(tmp_path, arms=("learned", "latency", "uniform"), latency_model=str(tmp_path / "cpu.json"))
+    report = run_study(cfg, tmp_path / "s")
+    lat = report["latency"]
+    assert lat["target_ms"] == pytest.approx(lat["predicted_ms"]["learned"])
+    for arm in ("latency", "uniform"):
+        assert 0.99 * lat["target_ms"] <= lat["predicted_ms"][arm] <= lat["target_ms"]
+        assert report["arms"][arm]["measured_ms"] == pytest.approx(1.1 * lat["predicted_ms"][arm])
+    assert timed == [["latency", "learned", "uniform"]]
+    md = (tmp_path / "s" / "study.md").read_text()
+    assert "predicted latency (within 1% below)" in md and "| predicted ms | measured ms |" in md
+    # resuming reads the measurement back instead of timing again
+    run_study(cfg, tmp_path / "s")
+    assert len(timed) == 1
+    # a model for another image size or another device is refused before anything is built
+    for change, message in (({"image_size": 32}, "image_size 32 vs 16"), ({"device_name": "Another CPU"},
+                                                                           "device_name Another CPU vs")):
+        dataclasses.replace(model, settings=dataclasses.replace(settings, **change)).save(tmp_path / "other.json")
+        with pytest.raises(ValueError, match=r"--latency-model was measured with other settings \(" + message):
+            run_study(_tiny(tmp_path, arms=("uniform", "resnet"), latency_model=str(tmp_path / "other.json"),
+                            latency_ms=10.0), tmp_path / "s3")
+        assert not list((tmp_path / "s3" / "structures").glob("*.json"))

@@ -40,9 +40,15 @@ __all__ = [
     "BNScaleL1",
     "WidthBudget",
     "MacsBudget",
+    "LatencyBudget",
+    "TARGET_BUDGETS",
     "Budget",
     "budget_from",
     "CostModel",
+    "LatencyCost",
+    "weigh_by_cost",
+    "round_channels",
+    "select_runs",
     "select_per_block",
     "select_global",
     "SELECTORS",
@@ -60,6 +66,8 @@ __all__ = [
     "minimum_macs",
     "allocate",
     "default_layout",
+    "load_runs",
+    "latency_model_for",
     "stage_summary",
     "format_stage_summary",
 ]
@@ -165,7 +173,14 @@ class BNScaleL1:
 # ---------------------------------------------------------------------------- budgets
 class CostModel:
     """A seed network's MACs as a function of the kept neurons: ``base`` (what does not depend
-    on the allocation: stem, 1x1 convs in, shortcuts, classifier) plus each kept neuron's cost."""
+    on the allocation: stem, 1x1 convs in, shortcuts, classifier) plus each kept neuron's cost.
+
+    The cost interface every budget's cost model shares (see :class:`LatencyCost`):
+    ``base``, ``lowest`` (one neuron of the cheapest scale per block), ``highest`` (the whole
+    seed), :meth:`added` (what one more neuron costs, given the block's count of its scale) and
+    :meth:`of_channels` (the total for per-block, per-scale counts)."""
+
+    unit = "MACs"
 
     def __init__(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3):
         self.seed = seed
@@ -180,11 +195,61 @@ class CostModel:
             min(cost for c, cost in zip(spec.channels, costs) if c) for spec, costs in zip(seed.blocks(), self.costs)
         )
 
+    def added(self, block: int, scale: int, have: int) -> float:
+        """What one more neuron of ``scale`` (its position) costs in ``block``, which has ``have``."""
+        return self.costs[block][scale]
+
+    def of_channels(self, channels: Sequence[Sequence[int]]) -> float:
+        return self.base + sum(c * k for ch, ks in zip(channels, self.costs) for c, k in zip(ch, ks))
+
+    def format(self, value: float) -> str:
+        return f"{value:,.0f}"
+
     def cost(self, block: int, neuron: Neuron) -> int:
         return self.costs[block][neuron[1]]
 
-    def total(self, chosen: list[list[Neuron]]) -> int:
-        return self.base + sum(self.cost(b, n) for b, ns in enumerate(chosen) for n in ns)
+    def total(self, chosen: list[list[Neuron]]) -> float:
+        return self.of_channels(_counts(chosen, len(self.seed.scales)))
+
+
+class LatencyCost:
+    """A seed network's predicted milliseconds (:class:`scalenet.latency.LatencyModel`) as a
+    function of the kept neurons: a branch's fixed cost is charged with its first neuron, once."""
+
+    unit = "ms"
+
+    def __init__(self, model, seed: Structure):
+        model.check_structure(seed)
+        self.model, self.seed = model, seed
+        specs = list(seed.blocks())
+        self.stages = [model.stages[spec.stage] for spec in specs]
+        self.base = model.other + sum(cost.base for cost in self.stages)
+        self.highest = self.of_channels([spec.channels for spec in specs])
+        self.lowest = self.base + sum(
+            min(cost.fixed[i] + cost.per_neuron[i] for i, c in enumerate(spec.channels) if c)
+            for spec, cost in zip(specs, self.stages)
+        )
+
+    def added(self, block: int, scale: int, have: int) -> float:
+        cost = self.stages[block]
+        return cost.per_neuron[scale] + (cost.fixed[scale] if have == 0 else 0.0)
+
+    def of_channels(self, channels: Sequence[Sequence[int]]) -> float:
+        return self.model.other + sum(cost.block_ms(ch) for cost, ch in zip(self.stages, channels))
+
+    def format(self, value: float) -> str:
+        return f"{value:,.1f} ms"
+
+    def total(self, chosen: list[list[Neuron]]) -> float:
+        return self.of_channels(_counts(chosen, len(self.seed.scales)))
+
+
+def _counts(chosen: list[list[Neuron]], scales: int) -> list[list[int]]:
+    counts = [[0] * scales for _ in chosen]
+    for row, ns in zip(counts, chosen):
+        for n in ns:
+            row[n[1]] += 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -201,57 +266,124 @@ class WidthBudget:
     def neurons(self, planes: int, capacity: int) -> int:
         return min(capacity, max(1, round(self.multiplier * planes)))
 
+    def costs(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> CostModel:
+        return CostModel(seed, num_classes, in_chans)
+
     def check(self, costs: CostModel) -> None:
         """Any positive multiplier can be met."""
 
     def settings(self) -> dict[str, Any]:
-        return {"width_mult": self.multiplier, "macs_target": None}
+        return {"width_mult": self.multiplier, "macs_target": None, "latency_ms": None}
+
+
+class _TargetBudget:
+    """A budget on a total the cost model predicts (MACs, milliseconds): neurons are kept until
+    the total reaches the target; ``fits`` and ``reached`` say when to stop."""
+
+    option = ""
+    limit: float
+    tolerance: float
+
+    def fits(self, total: float) -> bool:
+        return total <= self.limit * (1 + self.tolerance)
+
+    def reached(self, total: float) -> bool:
+        return total >= self.limit * (1 - self.tolerance)
+
+    def check(self, costs) -> None:
+        """Raises one clear line when no selection from the seed can meet the budget."""
+        target = costs.format(self.limit)
+        if self.limit < costs.lowest:
+            raise ValueError(
+                f"impossible budget: {self.option} {target} is below the minimum {costs.format(costs.lowest)} "
+                f"(one neuron per block{self._where()}); raise it"
+            )
+        if self.limit > costs.highest * (1 + self.tolerance):
+            raise ValueError(
+                f"impossible budget: {self.option} {target} is above the seed network's {costs.format(costs.highest)}"
+                f"{self._where()}; lower it or raise --seed-width"
+            )
+
+    def verify(self, got: float, costs, *, lower: bool = True) -> None:
+        """Raises when ``got`` misses the budget: above it, or (``lower``) short of reaching it."""
+        if not self.fits(got) or lower and not self.reached(got):
+            raise ValueError(
+                f"could not meet {self.option} {costs.format(self.limit)} within {self.tolerance:.0%} (closest "
+                f"{costs.format(got)}); raise --seed-width or use --scope global"
+            )
+
+    def _where(self) -> str:
+        return ""
 
 
 @dataclass(frozen=True)
-class MacsBudget:
+class MacsBudget(_TargetBudget):
     """The network's multiply-adds, met within ``tolerance``."""
 
     macs: int
     tolerance: float = 0.01
+    option = "--macs"
 
-    def fits(self, total: int) -> bool:
-        return total <= self.macs * (1 + self.tolerance)
+    @property
+    def limit(self) -> float:
+        return self.macs
 
-    def reached(self, total: int) -> bool:
-        return total >= self.macs * (1 - self.tolerance)
-
-    def check(self, costs: CostModel) -> None:
-        """Raises a clear ValueError when no selection from the seed can meet the budget."""
-        if self.macs < costs.lowest:
-            raise ValueError(
-                f"impossible budget: --macs {self.macs:,} is below the minimum {costs.lowest:,} (one neuron per block); "
-                "raise it"
-            )
-        if self.macs > costs.highest * (1 + self.tolerance):
-            raise ValueError(
-                f"impossible budget: --macs {self.macs:,} is above the seed network's {costs.highest:,}; lower it or "
-                "raise --seed-width"
-            )
-
-    def verify(self, got: int) -> None:
-        if abs(got - self.macs) > self.tolerance * self.macs:
-            raise ValueError(
-                f"could not meet --macs {self.macs:,} within {self.tolerance:.0%} (closest {got:,}); raise --seed-width "
-                "or use --scope global"
-            )
+    def costs(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> CostModel:
+        return CostModel(seed, num_classes, in_chans)
 
     def settings(self) -> dict[str, Any]:
-        return {"width_mult": None, "macs_target": self.macs}
+        return {"width_mult": None, "macs_target": self.macs, "latency_ms": None}
 
 
-Budget = Union[WidthBudget, MacsBudget]
+@dataclass(frozen=True)
+class LatencyBudget(_TargetBudget):
+    """The network's predicted milliseconds on a device (a :class:`scalenet.latency.LatencyModel`):
+    never above ``ms``, and within ``tolerance`` below it."""
+
+    ms: float
+    model: Any  # scalenet.latency.LatencyModel
+    tolerance: float = 0.01
+    option = "--latency-ms"
+
+    def __post_init__(self) -> None:
+        if not self.ms > 0:
+            raise ValueError(f"--latency-ms must be positive, got {self.ms}")
+
+    @property
+    def limit(self) -> float:
+        return self.ms
+
+    def fits(self, total: float) -> bool:  # a latency target is a ceiling
+        return total <= self.ms
+
+    def costs(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> LatencyCost:
+        return LatencyCost(self.model, seed)
+
+    def settings(self) -> dict[str, Any]:
+        return {"width_mult": None, "macs_target": None, "latency_ms": self.ms,
+                "latency_settings": dataclasses.asdict(self.model.settings)}
+
+    def _where(self) -> str:
+        st = self.model.settings
+        return f", predicted for {st.device_name}, batch {st.batch_size}, {st.image_size} px"
 
 
-def budget_from(width_mult: float | None = None, macs: int | None = None) -> Budget:
-    """The budget a user asked for: exactly one of a width multiplier and a MACs target."""
-    if (width_mult is None) == (macs is None):
-        raise ValueError("give exactly one budget: a width multiplier or a MACs target")
+Budget = Union[WidthBudget, MacsBudget, LatencyBudget]
+#: Budgets with a target total (the others fix neurons per block).
+TARGET_BUDGETS = (MacsBudget, LatencyBudget)
+
+
+def budget_from(width_mult: float | None = None, macs: int | None = None, latency_ms: float | None = None,
+                latency_model=None) -> Budget:
+    """The budget a user asked for: exactly one of a width multiplier, a MACs target and a
+    latency target (which needs the device's ``latency_model``)."""
+    given = [v is not None for v in (width_mult, macs, latency_ms)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one budget: a width multiplier, a MACs target or a latency target")
+    if latency_ms is not None:
+        if latency_model is None:
+            raise ValueError("a latency budget needs a latency model (scalenet latency-model)")
+        return LatencyBudget(float(latency_ms), latency_model)
     return WidthBudget(width_mult) if width_mult is not None else MacsBudget(int(macs))
 
 
@@ -260,11 +392,13 @@ def _capacity(ranked: list[list[Neuron]]) -> list[int]:
     return [len(r) for r in ranked]
 
 
-def select_per_block(ranked: list[list[Neuron]], planes: list[int], budget: Budget, costs: CostModel) -> list[list[Neuron]]:
+def select_per_block(ranked: list[list[Neuron]], planes: list[int], budget: Budget, costs) -> list[list[Neuron]]:
     """The paper's selection: each block keeps its own top-k neurons. A width budget fixes k per
-    block; a MACs budget takes the largest common multiplier within budget, then fills the
-    rest neuron by neuron, best score first, so the target is met within its tolerance."""
+    block; a target budget (MACs, latency) takes the largest common multiplier within budget,
+    then fills the rest neuron by neuron, best score first, so the target is met within its
+    tolerance."""
     capacity = _capacity(ranked)
+    scales = 1 + max((n[1] for r in ranked for n in r), default=0)
 
     def keep_for(mult: float) -> list[int]:
         return [WidthBudget(mult).neurons(p, cap) if mult > 0 else 1 for p, cap in zip(planes, capacity)]
@@ -272,32 +406,53 @@ def select_per_block(ranked: list[list[Neuron]], planes: list[int], budget: Budg
     if isinstance(budget, WidthBudget):
         keep = keep_for(budget.multiplier)
     else:
-        def total(keep: list[int]) -> int:
+        def total(keep: list[int]) -> float:
             return costs.total([r[:k] for r, k in zip(ranked, keep)])
 
         lo, hi = 0.0, max(cap / p for cap, p in zip(capacity, planes)) + 1
-        for _ in range(60):  # MACs grow with the multiplier: bisect for the largest within budget
+        for _ in range(60):  # the total grows with the multiplier: bisect for the largest within budget
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if total(keep_for(mid)) <= budget.macs else (lo, mid)
+            lo, hi = (mid, hi) if total(keep_for(mid)) <= budget.limit else (lo, mid)
         keep = keep_for(lo)
-        current = total(keep)
-        while not budget.reached(current):  # whole-stage steps are coarse on small networks
-            options = [
-                (ranked[b][keep[b]][0], -b, b) for b in range(len(ranked))
-                if keep[b] < capacity[b] and budget.fits(current + costs.cost(b, ranked[b][keep[b]]))
-            ]
+        _check_first(ranked, budget, costs)
+        chosen = [r[:k] for r, k in zip(ranked, keep)]
+        rest = [r[k:] for r, k in zip(ranked, keep)]
+        counts = _counts(chosen, scales)
+        current = costs.total(chosen)
+        while not budget.reached(current):  # whole-stage steps are coarse: fill neuron by neuron
+            options = []
+            for b in range(len(ranked)):  # each block's best neuron that still fits (a branch's first
+                for j, n in enumerate(rest[b]):  # neuron may not, with its fixed cost; later ones may)
+                    step = costs.added(b, n[1], counts[b][n[1]])
+                    if budget.fits(current + step):
+                        options.append((n[0], -b, b, j, step))
+                        break
             if not options:
                 break
-            b = max(options)[2]
-            current += costs.cost(b, ranked[b][keep[b]])
-            keep[b] += 1
+            _, _, b, j, step = max(options)
+            n = rest[b].pop(j)
+            chosen[b].append(n)
+            counts[b][n[1]] += 1
+            current += step
+        return chosen
     return [r[:k] for r, k in zip(ranked, keep)]
 
 
-def select_global(ranked: list[list[Neuron]], planes: list[int], budget: Budget, costs: CostModel) -> list[list[Neuron]]:
+def _check_first(ranked: list[list[Neuron]], budget: Budget, costs) -> None:
+    """Every block keeps its best neuron: refuses a budget below what those cost together (above
+    the seed's lowest when a branch's fixed cost makes a block's best neuron dear)."""
+    first = costs.total([r[:1] for r in ranked])
+    if not budget.fits(first):
+        raise ValueError(
+            f"impossible budget: {budget.option} {costs.format(budget.limit)} is below {costs.format(first)}, what "
+            "each block's best-scoring neuron costs; raise it"
+        )
+
+
+def select_global(ranked: list[list[Neuron]], planes: list[int], budget: Budget, costs) -> list[list[Neuron]]:
     """Network slimming's selection: every block's best neuron first, then all other neurons of
     all blocks by score (normalised per block by the importance), until the budget: the width
-    budget's total neuron count, or the MACs budget."""
+    budget's total neuron count, or the target budget (MACs, latency)."""
     chosen = [[r[0]] for r in ranked]
     rest = sorted(((n[0], b, n) for b, r in enumerate(ranked) for n in r[1:]), key=lambda t: (-t[0], t[1], t[2][1], t[2][2]))
     if isinstance(budget, WidthBudget):
@@ -305,13 +460,17 @@ def select_global(ranked: list[list[Neuron]], planes: list[int], budget: Budget,
         for _, b, n in rest[: max(0, total - len(ranked))]:
             chosen[b].append(n)
         return chosen
+    _check_first(ranked, budget, costs)
+    counts = _counts(chosen, 1 + max(n[1] for r in ranked for n in r))
     current = costs.total(chosen)
     for _, b, n in rest:
         if budget.reached(current):
             break
-        if budget.fits(current + costs.cost(b, n)):
+        step = costs.added(b, n[1], counts[b][n[1]])
+        if budget.fits(current + step):
             chosen[b].append(n)
-            current += costs.cost(b, n)
+            counts[b][n[1]] += 1
+            current += step
     return chosen
 
 
@@ -334,18 +493,101 @@ def select(
     """
     if scope not in SELECTORS:
         raise ValueError(f"scope {scope!r} is unknown; use {' or '.join(SELECTORS)}")
-    costs = CostModel(seed, num_classes, in_chans)
+    costs = budget.costs(seed, num_classes, in_chans)
     budget.check(costs)
     specs = list(seed.blocks())
     chosen = SELECTORS[scope]([b.flat() for b in scores], [s.planes for s in specs], budget, costs)
     kept = [[sorted(j for _, i, j in ns if i == pos) for pos in range(len(seed.scales))] for ns in chosen]
-    structure = Structure.from_channels(
-        [[len(k) for k in per_scale] for per_scale in kept], seed.layers, scales=seed.scales, stem=seed.stem,
-        width=seed.width, image_size=seed.image_size,
-    )
-    if isinstance(budget, MacsBudget):
-        budget.verify(structure.macs(None, num_classes, in_chans))
+    structure = _like(seed, [[len(k) for k in per_scale] for per_scale in kept])
+    if isinstance(budget, TARGET_BUDGETS):
+        budget.verify(costs.of_channels([row[:-1] for row in structure.rows]), costs)
     return structure, kept
+
+
+def _like(seed: Structure, channels: Sequence[Sequence[int]]) -> Structure:
+    """A structure of the seed's layout with these neurons per block and scale."""
+    return Structure.from_channels([list(c) for c in channels], seed.layers, scales=seed.scales, stem=seed.stem,
+                                   width=seed.width, image_size=seed.image_size)
+
+
+def weigh_by_cost(scores: list[BlockScores], costs, alpha: float) -> list[BlockScores]:
+    """Scores divided by ``cost ** alpha``, where cost is what one neuron of each scale adds
+    under the budget's cost model (for latency: its milliseconds, without the branch's fixed
+    cost), then renormalised per block by the best score: the importance per unit of the
+    budget, so that a latency budget prefers neurons that are cheap on the device."""
+    if alpha == 0:
+        return list(scores)
+    out = []
+    for b, block in enumerate(scores):
+        weights = [max(costs.added(b, i, 1), 1e-12) ** alpha for i in range(len(block.scores))]
+        rows = [[v / w for v in row] for row, w in zip(block.scores, weights)]
+        top = max((v for row in rows for v in row), default=0.0) or 1.0
+        out.append(dataclasses.replace(block, scores=[[v / top for v in row] for row in rows]))
+    return out
+
+
+def round_channels(structure: Structure, seed: Structure, multiple: int, budget: Budget | None = None,
+                   num_classes: int = 1000, in_chans: int = 3) -> Structure:
+    """Each branch's neuron count rounded to a multiple of ``multiple`` (0 allowed; every block
+    keeps at least one branch), within the seed's capacity.
+
+    Each block's total is rounded to the nearest multiple and split by largest remainders;
+    under a target budget (MACs, latency) the counts are then moved by ``multiple`` neurons,
+    the most over-rounded first while above the budget and the most under-rounded first while
+    short of it, so that the budget still holds (the total may stay further below the target
+    than the budget's tolerance when the steps are coarse)."""
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"--multiple-of must be a whole number of neurons, 1 or more; got {multiple}")
+    pool = [[c - c % multiple for c in row[:-1]] for row in seed.rows]
+    if any(not any(row) for row in pool):
+        raise ValueError(f"--multiple-of {multiple} is larger than the seed's neurons per scale "
+                         f"({min(max(row[:-1]) for row in seed.rows)}); lower it or raise --seed-width")
+    wanted = [[c / multiple for c in row[:-1]] for row in structure.rows]
+    units = []
+    for w, cap in zip(wanted, pool):
+        row = _round_to_total([min(v, c // multiple) for v, c in zip(w, cap)], max(1, round(sum(w))))
+        units.append([min(u, c // multiple) for u, c in zip(row, cap)])
+        if not any(units[-1]):
+            units[-1][max(range(len(cap)), key=lambda i: (cap[i] > 0, w[i]))] = 1
+    channels = [[u * multiple for u in row] for row in units]
+    if isinstance(budget, TARGET_BUDGETS):
+        costs = budget.costs(seed, num_classes, in_chans)
+        _meet_budget(channels, [[v * multiple for v in w] for w in wanted], pool, multiple, budget, costs)
+        budget.verify(costs.of_channels(channels), costs, lower=False)
+    return _like(seed, channels)
+
+
+def _meet_budget(channels: list[list[int]], wanted: list[list[float]], pool: list[list[int]], step: int,
+                 budget: Budget, costs) -> None:
+    """Moves counts by ``step`` (in place) into the budget: while above it, the count furthest
+    above its ``wanted`` value comes down (each block keeps a branch); then, while short of it,
+    the count furthest below its wanted value that still fits goes up."""
+    cells = [(b, i) for b in range(len(channels)) for i in range(len(channels[b]))]
+
+    def delta(b: int, i: int, by: int) -> float:
+        before = costs.of_channels(channels)
+        channels[b][i] += by
+        after = costs.of_channels(channels)
+        channels[b][i] -= by
+        return after - before
+
+    total = costs.of_channels(channels)
+    while not budget.fits(total):  # first under the ceiling (closing a branch may undershoot) ...
+        options = [(channels[b][i] - wanted[b][i], -b, -i, b, i) for b, i in cells
+                   if channels[b][i] >= step and sum(channels[b]) > step]
+        if not options:
+            break
+        *_, b, i = max(options)
+        total += delta(b, i, -step)
+        channels[b][i] -= step
+    while not budget.reached(total):  # ... then filled up to the target with what still fits
+        options = [(wanted[b][i] - channels[b][i], -b, -i, b, i) for b, i in cells
+                   if channels[b][i] + step <= pool[b][i] and budget.fits(total + delta(b, i, step))]
+        if not options:
+            break
+        *_, b, i = max(options)
+        total += delta(b, i, step)
+        channels[b][i] += step
 
 
 # ---------------------------------------------------------------------------- several seed networks
@@ -386,37 +628,17 @@ def combine_mean(structures: Sequence[Structure], seed: Structure, budget: Budge
                  num_classes: int = 1000, in_chans: int = 3) -> Structure:
     """The runs' own allocations, averaged per block and scale and rounded (block totals kept).
 
-    With a :class:`MacsBudget` the rounding is then corrected neuron by neuron, the most
-    under-rounded count first when below the budget, the most over-rounded first when above
-    (MACs are linear in the counts, so the unrounded mean meets the budget as each run does).
-    """
+    With a target budget (MACs, latency) the rounding is then corrected neuron by neuron, the
+    most under-rounded count first when below the budget, the most over-rounded first when
+    above (the unrounded mean meets a MACs budget as each run does, since MACs are linear in
+    the counts; a latency budget's fixed branch costs make it nearly so)."""
     rows = [[row[:-1] for row in s.rows] for s in structures]
     mean = [[statistics.mean(r[b][i] for r in rows) for i in range(len(seed.scales))] for b in range(len(seed.rows))]
     channels = [_round_to_total(m, max(1, round(sum(m)))) for m in mean]
-    if isinstance(budget, MacsBudget):
-        costs = CostModel(seed, num_classes, in_chans)
-        pool = [row[:-1] for row in seed.rows]
-        cells = [(b, i) for b in range(len(mean)) for i in range(len(seed.scales))]
-
-        def total() -> int:
-            return costs.base + sum(c * k for ch, ks in zip(channels, costs.costs) for c, k in zip(ch, ks))
-
-        while not budget.reached(total()):
-            options = [(mean[b][i] - channels[b][i], -b, -i, b, i) for b, i in cells
-                       if channels[b][i] < pool[b][i] and budget.fits(total() + costs.costs[b][i])]
-            if not options:
-                break
-            *_, b, i = max(options)
-            channels[b][i] += 1
-        while not budget.fits(total()):
-            options = [(channels[b][i] - mean[b][i], -b, -i, b, i) for b, i in cells
-                       if channels[b][i] > 0 and sum(channels[b]) > 1]
-            if not options:
-                break
-            *_, b, i = max(options)
-            channels[b][i] -= 1
-    return Structure.from_channels(channels, seed.layers, scales=seed.scales, stem=seed.stem, width=seed.width,
-                                   image_size=seed.image_size)
+    if isinstance(budget, TARGET_BUDGETS):
+        pool = [list(row[:-1]) for row in seed.rows]
+        _meet_budget(channels, mean, pool, 1, budget, budget.costs(seed, num_classes, in_chans))
+    return _like(seed, channels)
 
 
 #: How ``allocate(repeats=N)`` combines its N seed networks.
@@ -529,6 +751,32 @@ class AllocationResult:
         return {"structure": path, "sidecar": sidecar, "chart": chart}
 
 
+def load_runs(path: str | os.PathLike) -> tuple[list[SeedRun], Structure, dict[str, Any]]:
+    """The seed networks' scores, the seed and the training settings from a sidecar
+    (``<structure>.scores.json`` written by :meth:`AllocationResult.save`), to select again under
+    another budget (:func:`select_runs`) without training."""
+    from .fileio import read_json
+
+    p = Path(path)
+    raw = read_json(p, "scores file", "the .scores.json that scalenet allocate wrote beside its structure")
+    try:
+        seed = Structure.from_json(raw["seed"], source=f"{p} (seed)")
+        costs = [b["costs"] for b in raw["blocks"]]
+        names = [b["block"] for b in raw["blocks"]]
+        runs = [SeedRun(r["seed"], [BlockScores(n, sc, c) for n, sc, c in zip(names, r["scores"], costs)], seed,
+                        r.get("metrics", [])) for r in raw["runs"]]
+        settings = dict(raw["settings"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{p}: not a scores file of scalenet allocate (missing or malformed {e})") from None
+    if not runs or any(len(r.scores) != len(list(seed.blocks())) for r in runs):
+        raise ValueError(f"{p}: the scores do not match the seed's {len(list(seed.blocks()))} blocks")
+    settings.setdefault("importance_alpha", settings.get("alpha", 0.0))  # files from before latency budgets
+    for key in ("width_mult", "macs_target", "latency_ms", "latency_settings", "scope", "alpha", "combine",
+                "multiple_of", "predicted", "predicted_unit"):
+        settings.pop(key, None)
+    return runs, seed, settings
+
+
 def default_layout(image_size: int) -> dict[str, Any]:
     """Sensible defaults by image size: the small stem and three 1-block stages at 64 px or less,
     else the ImageNet stem and the ResNet-50 layout."""
@@ -547,6 +795,9 @@ def allocate(
     seed_width: int | Sequence[int] | None = None,
     width_mult: float | None = None,
     macs: int | None = None,
+    latency_ms: float | None = None,
+    latency_model=None,
+    multiple_of: int | None = None,
     scope: str = "block",
     alpha: float = 0.0,
     importance: Importance | None = None,
@@ -563,13 +814,15 @@ def allocate(
     ``jobs`` of them at a time (:func:`scalenet.runs.in_processes`; None: one per CPU core, or one
     with CUDA).
 
-    The budget is ``width_mult`` (default 1.0) or ``macs``; ``sparsity`` adds a
+    The budget is ``width_mult`` (default 1.0), ``macs`` or ``latency_ms`` (predicted by
+    ``latency_model``, a :class:`scalenet.latency.LatencyModel`; ``alpha`` then divides the
+    scores by each neuron's milliseconds, see :func:`weigh_by_cost`); ``multiple_of`` rounds
+    each branch to a multiple of that many neurons (:func:`round_channels`). ``sparsity`` adds a
     :class:`BNScaleL1` penalty while the seeds train. Returns the allocated
     :class:`Structure`, the scores, each run's own allocation and their agreement against
     chance (:func:`scalenet.agreement.agreement_report`). Bad settings (an impossible budget,
     ``repeats < 1``) fail before any training.
     """
-    from .agreement import agreement_report
     from .engine import TrainConfig
     from .runs import auto_jobs, in_processes
 
@@ -587,11 +840,15 @@ def allocate(
         layers, seed_width=seed_width, scales=scales, stem=stem or layout["stem"], width=width or layout["width"],
         image_size=data.image_size,
     )
-    budget = budget_from(1.0 if width_mult is None and macs is None else width_mult, macs)
-    budget.check(CostModel(seed, data.num_classes, data.in_chans))  # fail before training
-    importance = importance or BNScale(alpha)
+    none = width_mult is None and macs is None and latency_ms is None
+    if latency_ms is not None:
+        latency_model = latency_model_for(latency_model, seed, progress=train_config is None or train_config.progress)
+    budget = budget_from(1.0 if none else width_mult, macs, latency_ms, latency_model)
+    budget.check(budget.costs(seed, data.num_classes, data.in_chans))  # fail before training
+    if multiple_of is not None:
+        round_channels(seed, seed, multiple_of)  # a bad --multiple-of fails before training too
+    importance = importance or BNScale(0.0 if isinstance(budget, LatencyBudget) else alpha)
     cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
-    selection = dict(scope=scope, num_classes=data.num_classes, in_chans=data.in_chans)
     jobs = auto_jobs(repeats) if jobs is None else jobs
     payloads = [
         dict(seed=seed, data=data, sparsity=sparsity, importance=importance,
@@ -600,28 +857,73 @@ def allocate(
         for r in range(repeats)
     ]
     trained = in_processes(_train_seed_network, payloads, jobs)
-    runs = [SeedRun(p["cfg"].seed, scores, select(scores, seed, budget, **selection)[0], metrics)
-            for p, (scores, metrics) in zip(payloads, trained)]
+    settings = {
+        "data": data.name, "image_size": data.image_size, "num_classes": data.num_classes, "in_chans": data.in_chans,
+        "layers": list(layers), "scales": list(seed.scales), "seed_width": seed_width,
+        "importance": type(importance).__name__, "normalizer": getattr(importance, "normalizer", None),
+        "importance_alpha": getattr(importance, "alpha", None), "sparsity": sparsity, "seed_epochs": cfg.epochs,
+        "seed": cfg.seed, "repeats": repeats,
+    }
+    runs = [SeedRun(p["cfg"].seed, scores, seed, metrics) for p, (scores, metrics) in zip(payloads, trained)]
+    return select_runs(runs, seed, budget, settings, scope=scope, combine=combine, alpha=alpha,
+                       multiple_of=multiple_of, name=name)
+
+
+def latency_model_for(model, seed: Structure, progress: bool = True):
+    """``model`` as a LatencyModel for ``seed``'s layout: given, or (``LatencySettings``) the
+    cached one for those settings, measured when missing."""
+    from .latency import LatencySettings, cached_model
+
+    if isinstance(model, LatencySettings):
+        return cached_model(seed, model, progress=progress)
+    if model is not None:
+        model.check_structure(seed)
+    return model
+
+
+def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, settings: dict[str, Any], *, scope: str = "block",
+                combine: str = DEFAULT_COMBINE, alpha: float = 0.0, multiple_of: int | None = None,
+                name: str | None = None) -> AllocationResult:
+    """Selects under ``budget`` from trained seed networks' scores (each run's own allocation,
+    then combined; ``settings``: the seed training's, from :func:`allocate` or a sidecar) and
+    rounds to ``multiple_of``. With a latency budget, ``alpha`` weighs the scores by the
+    neurons' milliseconds (:func:`weigh_by_cost`); the scores must then be unweighted."""
+    from .agreement import agreement_report
+
+    if combine not in COMBINES:
+        raise ValueError(f"combine {combine!r} is unknown; use {' or '.join(COMBINES)}")
+    nc, ic = settings.get("num_classes", 1000), settings.get("in_chans", 3)
+    costs = budget.costs(seed, nc, ic)
+    budget.check(costs)
+    if multiple_of is not None:
+        round_channels(seed, seed, multiple_of)  # a bad --multiple-of fails before any selection
+    if isinstance(budget, LatencyBudget) and alpha and settings.get("importance_alpha"):
+        raise ValueError(f"--alpha {alpha} with --latency-ms needs unweighted scores; these were divided by "
+                         f"MACs^{settings['importance_alpha']} (train the seeds with --alpha 0)")
+    weigh = (lambda sc: weigh_by_cost(sc, costs, alpha)) if isinstance(budget, LatencyBudget) else (lambda sc: sc)
+    selection = dict(scope=scope, num_classes=nc, in_chans=ic)
+    runs = [replace(r, structure=select(weigh(r.scores), seed, budget, **selection)[0]) for r in runs]
     if combine == "union":
-        combined = combine_union([r.scores for r in runs])
+        combined = combine_union([weigh(r.scores) for r in runs])
         structure, kept = select(combined, seed, budget, **selection)
     else:
         combined, kept = [], []
-        structure = combine_mean([r.structure for r in runs], seed, budget, data.num_classes, data.in_chans)
-        if isinstance(budget, MacsBudget):
-            budget.verify(structure.macs(None, data.num_classes, data.in_chans))
-    settings = {
-        "data": data.name, "image_size": data.image_size, "num_classes": data.num_classes, "in_chans": data.in_chans,
-        "layers": list(layers), "scales": list(seed.scales), "seed_width": seed_width, **budget.settings(),
-        "scope": scope, "alpha": alpha, "importance": type(importance).__name__,
-        "normalizer": getattr(importance, "normalizer", None), "sparsity": sparsity, "seed_epochs": cfg.epochs,
-        "seed": cfg.seed, "repeats": repeats, "combine": combine,
-    }
+        structure = combine_mean([r.structure for r in runs], seed, budget, nc, ic)
+        if isinstance(budget, TARGET_BUDGETS):
+            budget.verify(costs.of_channels([row[:-1] for row in structure.rows]), costs)
+    if multiple_of is not None:
+        structure = round_channels(structure, seed, multiple_of, budget, nc, ic)
+        if kept:  # the best neurons of each scale, as many as the rounded counts
+            kept = [[sorted([j for _, i, j in block.flat() if i == pos][: row[pos]]) for pos in range(len(seed.scales))]
+                    for block, row in zip(combined, structure.rows)]
+    settings = {**settings, **budget.settings(), "scope": scope, "alpha": alpha, "combine": combine,
+                "multiple_of": multiple_of, "predicted": costs.of_channels([row[:-1] for row in structure.rows]),
+                "predicted_unit": costs.unit}
     agreement = agreement_report([r.structure for r in runs], seed)
     meta = {
         "allocation": settings,
-        "macs": structure.macs(None, data.num_classes, data.in_chans),
-        "params": structure.params(data.num_classes, data.in_chans),
+        "macs": structure.macs(None, nc, ic),
+        "params": structure.params(nc, ic),
         "seed_val_top1": statistics.mean(r.metrics[-1]["val_top1"] for r in runs) if runs[0].metrics else None,
         "agreement": {f"stage{s['stage']}": {k: s[k] for k in ("ratio", "z")} for s in agreement["stages"]},
     }

@@ -350,11 +350,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
     from .allocation import COMBINES, DEFAULT_COMBINE, DEFAULT_REPEATS, SEED_IMAGES
 
-    p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
+    p.add_argument("--data", default=None, metavar="DIR|fashion-mnist",
+                   help="an ImageFolder directory or a built-in data set (required unless --scores)")
+    p.add_argument("--scores", default=None, metavar="X.scores.json",
+                   help="select again from an earlier allocation's seed networks (its sidecar), without training")
     p.add_argument("--out", required=True, metavar="structure.json", help="the structure file to write")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--width-mult", type=float, default=None, help="neurons kept per block, times the ResNet width (default 1.0)")
     budget.add_argument("--macs", type=_positive_int, default=None, help="MACs target for the whole network (met within 1%%)")
+    budget.add_argument("--latency-ms", type=float, default=None, metavar="T",
+                        help="predicted latency target on the device (never above T, within 1%% below)")
+    p.add_argument("--multiple-of", type=int, default=None, metavar="M",
+                   help="round each branch's neurons to a multiple of M (0 allowed) within the budget")
+    lat = p.add_argument_group("latency budget", "the device and settings --latency-ms is for; the cost model is "
+                               "--latency-model, or the cached one for these settings (measured once when missing)")
+    lat.add_argument("--latency-model", default=None, metavar="MODEL.json", help="a cost model from scalenet latency-model")
+    lat.add_argument("--latency-device", choices=["cpu", "cuda"], default="cpu")
+    lat.add_argument("--latency-threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    lat.add_argument("--latency-batch-size", type=_positive_int, default=16, help="default 16")
+    lat.add_argument("--latency-image-size", type=_positive_int, default=None, help="default: the data's")
+    lat.add_argument("--latency-compile", action="store_true", help="latency of torch.compile'd networks")
     p.add_argument("--seed-width", type=_positive_int, default=None, help="seed neurons per scale (default: the block's planes)")
     p.add_argument("--scales", type=_int_list, default=[1, 2, 4, 7], help="pooling factors (default 1,2,4,7)")
     p.add_argument("--alpha", type=float, default=0.0, help="score |gamma| / cost^alpha (the paper: 0)")
@@ -377,26 +392,43 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     from .agreement import format_agreement
-    from .allocation import allocate, format_stage_summary, seed_epochs
+    from .allocation import allocate, budget_from, format_stage_summary, load_runs, seed_epochs, select_runs
     from .engine import train
     from .fileio import check_output_file
 
     out = check_output_file(args.out, "--out", "structure.json")
-    data = _data(args, args.seed if args.seed is not None else 0)
-    cfg = _train_config(args, epochs=seed_epochs(len(data.train)))
-    result = allocate(
-        data, layers=args.layers, width=args.width, scales=args.scales, seed_width=args.seed_width,
-        width_mult=args.width_mult, macs=args.macs, scope=args.scope, alpha=args.alpha, sparsity=args.sparsity,
-        repeats=args.repeats, combine=args.combine, jobs=args.jobs, train_config=cfg, name=out.stem,
-    )
+    if (args.data is None) == (args.scores is None):
+        raise ValueError("give --data DIR (train seed networks) or --scores X.scores.json (select from trained ones)")
+    if args.scores is not None and args.then_train:
+        raise ValueError("--then-train needs --data (the data to train the result on)")
+    if args.scores is not None:
+        runs, seed, settings = load_runs(args.scores)
+        latency = _latency_budget_model(args, seed.image_size)
+        none = args.width_mult is None and args.macs is None and args.latency_ms is None
+        budget = budget_from(1.0 if none else args.width_mult, args.macs, args.latency_ms,
+                             _resolve_latency(latency, seed, args))
+        result = select_runs(runs, seed, budget, settings, scope=args.scope, combine=args.combine, alpha=args.alpha,
+                             multiple_of=args.multiple_of, name=out.stem)
+        data = None
+    else:
+        data = _data(args, args.seed if args.seed is not None else 0)
+        cfg = _train_config(args, epochs=seed_epochs(len(data.train)))
+        latency = _latency_budget_model(args, data.image_size)
+        result = allocate(
+            data, layers=args.layers, width=args.width, scales=args.scales, seed_width=args.seed_width,
+            width_mult=args.width_mult, macs=args.macs, latency_ms=args.latency_ms, latency_model=latency,
+            multiple_of=args.multiple_of, scope=args.scope, alpha=args.alpha, sparsity=args.sparsity,
+            repeats=args.repeats, combine=args.combine, jobs=args.jobs, train_config=cfg, name=out.stem,
+        )
     paths = result.save(out, bare=args.bare)
     s = result.structure
+    nc, ic = result.settings.get("num_classes", 1000), result.settings.get("in_chans", 3)
     print(format_stage_summary(s))
     print(format_agreement(result.agreement))
+    predicted = f", predicted {result.settings['predicted']:,.1f} ms" if result.settings.get("latency_ms") else ""
     print(
-        f"{out}: {s.macs(None, data.num_classes, data.in_chans):,} MACs, {s.params(data.num_classes, data.in_chans):,} "
-        f"params (seed network {result.seed.macs(None, data.num_classes, data.in_chans):,} MACs); "
-        f"scores in {paths['sidecar']}, chart in {paths['chart']}"
+        f"{out}: {s.macs(None, nc, ic):,} MACs, {s.params(nc, ic):,} params{predicted} (seed network "
+        f"{result.seed.macs(None, nc, ic):,} MACs); scores in {paths['sidecar']}, chart in {paths['chart']}"
     )
     if args.then_train:
         run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")
@@ -406,18 +438,42 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latency_budget_model(args: argparse.Namespace, image_size: int):
+    """What the latency budget is predicted with: the --latency-model file checked against the
+    wanted settings, or those settings (the cached model is then found for the seed's layout)."""
+    from .latency import LatencyModel, current_settings
+
+    if args.latency_ms is None:
+        return None
+    wanted = current_settings(args.latency_device, args.latency_threads, args.latency_batch_size,
+                              args.latency_image_size or image_size, args.latency_compile)
+    if args.latency_model is None:
+        return wanted
+    model = LatencyModel.load(args.latency_model)
+    model.check(wanted, args.latency_model)
+    return model
+
+
+def _resolve_latency(latency, seed, args: argparse.Namespace):
+    from .allocation import latency_model_for
+
+    return latency_model_for(latency, seed, progress=not args.no_progress) if latency is not None else None
+
+
 # ---------------------------------------------------------------------------- study
 _STUDY_OPTIONS = ("seeds", "seed", "width_mult", "macs", "layers", "width", "image_size", "epochs", "batch_size", "lr",
-                  "wd", "warmup", "train_subset", "val_subset", "repeats", "seed_epochs", "seed_subset", "jobs")
+                  "wd", "warmup", "train_subset", "val_subset", "repeats", "seed_epochs", "seed_subset", "latency_model",
+                  "latency_ms", "latency_alpha", "jobs")
 
 
 def add_study_arguments(p: argparse.ArgumentParser) -> None:
-    from .study import ARMS, StudyConfig
+    from .study import ARMS, LATENCY_ARMS, StudyConfig
 
     d = lambda name: _default(StudyConfig, name)  # noqa: E731
     p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
     p.add_argument("--out", required=True, metavar="STUDY_DIR", help="study directory (an unfinished study there resumes)")
-    p.add_argument("--arms", type=_names, default=None, help=f"comma-separated subset of {','.join(ARMS)} (default: all)")
+    p.add_argument("--arms", type=_names, default=None,
+                   help=f"comma-separated subset of {','.join(ARMS + LATENCY_ARMS)} (default: {','.join(ARMS)})")
     p.add_argument("--seeds", type=int, default=None, help=f"training seeds per arm, at least 2 (default {d('seeds')})")
     p.add_argument("--seed", type=int, default=None, help=f"first seed (default {d('seed')})")
     budget = p.add_mutually_exclusive_group()
@@ -439,6 +495,11 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-epochs", type=_positive_int, default=None,
                    help="epochs of each seed network (default: as scalenet allocate, one per 8,000 images)")
     p.add_argument("--seed-subset", type=_positive_int, default=None, help=f"images for the seed networks (default {d('seed_subset')})")
+    p.add_argument("--latency-model", default=None, metavar="MODEL.json",
+                   help="match the arms in latency predicted by this cost model (scalenet latency-model), not in MACs")
+    p.add_argument("--latency-ms", type=float, default=None, help="every arm's latency (default: the learned arm's)")
+    p.add_argument("--latency-alpha", type=float, default=None,
+                   help="the latency arm keeps neurons by score / ms^alpha (default 1.0)")
     p.add_argument("--jobs", type=int, default=None,
                    help="trainings run at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

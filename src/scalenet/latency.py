@@ -37,7 +37,7 @@ from .fileio import atomic_write_text, read_json
 from .structure import BlockSpec, Structure
 
 __all__ = ["LatencySettings", "StageCost", "LatencyModel", "measure_latency_model", "time_networks",
-           "prediction_errors", "current_settings"]
+           "prediction_errors", "current_settings", "cache_path", "reference_for", "cached_model"]
 
 FORMAT = "scalenet-latency"
 
@@ -311,3 +311,53 @@ def prediction_errors(model: LatencyModel, structures: dict[str, Structure], rep
         rows.append({"name": name, "measured_ms": measured[name], "predicted_ms": predicted,
                      "error": predicted / measured[name] - 1, "calibration": name == calibrate_on})
     return rows
+
+
+# ---------------------------------------------------------------------------- the cache
+def cache_dir() -> Path:
+    """``$SCALENET_CACHE`` or ``~/.cache/scalenet`` (``$XDG_CACHE_HOME`` respected), ``/latency``."""
+    root = os.environ.get("SCALENET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalenet"
+    return Path(root) / "latency"
+
+
+def cache_path(settings: LatencySettings, layout: Structure) -> Path:
+    """The cached model's file, named by the device, the settings and the layout, e.g.
+    ``amd-epyc-2t-b16-224px-eager-imagenet-w64-4stages-s1.2.4.7.json``."""
+    from .bench import device_slug
+
+    where = device_slug(settings.device_name) + (f"-{settings.threads}t" if settings.threads else "")
+    mode = "compiled" if settings.compile else "eager"
+    shape = f"{layout.stem}-w{layout.width}-{len(layout.layers)}stages-s{'.'.join(map(str, layout.scales))}"
+    return cache_dir() / f"{where}-b{settings.batch_size}-{settings.image_size}px-{mode}-{shape}.json"
+
+
+def reference_for(layout: Structure) -> Structure:
+    """The network that calibrates a model of ``layout``: the published ScaleNet-50 for its own
+    layout, else the uniform split of the ResNet width in ``layout``'s stages."""
+    from .factory import resolve_structure
+
+    published = resolve_structure("scalenet50")
+    if (published.stem, published.width, tuple(published.scales), len(published.layers)) == (
+            layout.stem, layout.width, tuple(layout.scales), len(layout.layers)):
+        return published
+    planes = [layout.width * 2**i for i in range(len(layout.layers))]
+    return Structure.uniform(layout.layers, [max(1, p // len(layout.scales)) for p in planes], scales=layout.scales,
+                             stem=layout.stem, width=layout.width, image_size=layout.image_size, name="uniform")
+
+
+def cached_model(layout: Structure, settings: LatencySettings, *, progress: bool = True,
+                 log=print) -> LatencyModel:
+    """The cached cost model for ``settings`` and ``layout``'s layout, measured (minutes) and
+    cached when there is none yet."""
+    path = cache_path(settings, layout)
+    if path.exists():
+        model = LatencyModel.load(path)
+        model.check(settings, str(path))
+        model.check_structure(layout)
+        return model
+    log(f"measuring a latency model for {settings.device_name}, batch {settings.batch_size}, {settings.image_size} px, "
+        f"{'compiled' if settings.compile else 'eager'} (once; cached in {path})")
+    model = measure_latency_model(reference_for(layout), settings, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model

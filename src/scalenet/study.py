@@ -9,7 +9,15 @@ Arms (each a structure of the same layout, MACs within 1% of the learned allocat
   (a fresh draw for every training seed);
 - ``resnet``: the plain bottleneck (one 3x3 conv, the single scale x1);
 - ``heuristic``: "fine early, coarse late": each stage's scale shares interpolated, by depth,
-  from the published ScaleNet-50's stage shares.
+  from the published ScaleNet-50's stage shares;
+- ``latency`` (only with a latency model, not in the default set): the learned arm's seed
+  networks, selected again under a latency budget with scores per millisecond
+  (``latency_alpha``, see :func:`scalenet.allocation.weigh_by_cost`).
+
+With ``latency_model`` (a :class:`scalenet.latency.LatencyModel` file) the arms are matched in
+predicted latency instead of MACs: the learned (MACs-aware) arm's predicted latency, or
+``latency_ms``, is every other arm's budget, and every arm's latency is also measured (fused,
+eval, the model's settings) before training, so that "equal latency" is checked, not assumed.
 
 Every arm is trained from scratch with the same recipe and ``seeds`` training seeds, and
 tested on the whole evaluation split. The report gives mean ± std per arm and, paired by
@@ -35,7 +43,8 @@ from typing import Any, Sequence
 import torch
 
 from .allocation import (
-    BlockScores, MacsBudget, WidthBudget, allocate, default_layout, seed_epochs, seed_structure, select, stage_summary,
+    BlockScores, LatencyBudget, MacsBudget, WidthBudget, allocate, default_layout, load_runs, seed_epochs, seed_structure,
+    select, select_runs, stage_summary,
 )
 from .fileio import atomic_write_text
 from .runs import auto_jobs, in_processes
@@ -44,6 +53,8 @@ from .structure import Structure
 __all__ = ["ARMS", "StudyConfig", "run_study", "paired_interval", "t_quantile", "arm_structure", "format_study"]
 
 ARMS = ("learned", "uniform", "random", "resnet", "heuristic")
+#: Arms that need a latency model (``--latency-model``); not in the default set.
+LATENCY_ARMS = ("latency",)
 TOLERANCE = 0.01
 
 
@@ -71,13 +82,24 @@ class StudyConfig:
     repeats: int | None = None  # None: the library's default
     seed_epochs: int | None = None  # None: the library's default (one epoch per 8,000 images)
     seed_subset: int | None = 8000
+    # matching in latency instead of MACs
+    latency_model: str | None = None  # a cost model file (scalenet latency-model)
+    latency_ms: float | None = None  # every arm's latency budget (default: the learned arm's prediction)
+    latency_alpha: float | None = None  # the latency arm's scores per ms**alpha (None: 1.0)
     jobs: int | None = None  # concurrent trainings (each with cores / jobs threads); None: one per CPU core
     progress: bool = True
 
     def check(self) -> None:
-        unknown = [a for a in self.arms if a not in ARMS]
+        unknown = [a for a in self.arms if a not in ARMS + LATENCY_ARMS]
         if unknown:
-            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS + LATENCY_ARMS)}")
+        if self.latency_model is None and (self.latency_ms is not None or any(a in LATENCY_ARMS for a in self.arms)):
+            raise ValueError("the latency arm and --latency-ms need --latency-model (a cost model from scalenet "
+                             "latency-model)")
+        if self.latency_ms is None and self.latency_model is not None and "learned" not in self.arms:
+            raise ValueError("matching in latency needs the learned arm or --latency-ms")
+        if "latency" in self.arms and "learned" not in self.arms:
+            raise ValueError("the latency arm selects from the learned arm's seed networks; add the learned arm")
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"--arms must name each arm once, got {','.join(self.arms) or 'none'}")
         if self.seeds < 2:
@@ -144,11 +166,12 @@ def _apportioned(pool: Structure, shares_by_stage: Sequence[Sequence[float]]) ->
     ]
 
 
-def arm_structure(arm: str, pool: Structure, target: int, num_classes: int, in_chans: int,
+def arm_structure(arm: str, pool: Structure, target: "int | LatencyBudget", num_classes: int, in_chans: int,
                   random_seed: int = 0) -> Structure:
     """A non-learned arm in ``pool``'s layout (a seed structure: abundant, uniform neurons per
-    scale) with MACs within 1% of ``target``: its neurons ranked by the arm's rule and kept per
-    block under a MACs budget, as the learned arm's are ranked by |gamma|."""
+    scale) with MACs within 1% of ``target`` (or under a :class:`LatencyBudget`): its neurons
+    ranked by the arm's rule and kept per block under that budget, as the learned arm's are
+    ranked by |gamma|."""
     stages = len(pool.layers)
     if arm == "uniform":
         scores = _apportioned(pool, [[1.0] * len(pool.scales)] * stages)
@@ -164,10 +187,12 @@ def arm_structure(arm: str, pool: Structure, target: int, num_classes: int, in_c
                               pool.neuron_macs(spec)) for spec in pool.blocks()]
     else:
         raise ValueError(f"arm {arm!r} has no fixed structure")
+    budget = target if isinstance(target, LatencyBudget) else MacsBudget(target, TOLERANCE)
+    what = f"{target.ms:.2f} ms" if isinstance(target, LatencyBudget) else f"{target:,} MACs"
     try:
-        structure = select(scores, pool, MacsBudget(target, TOLERANCE), num_classes=num_classes, in_chans=in_chans)[0]
+        structure = select(scores, pool, budget, num_classes=num_classes, in_chans=in_chans)[0]
     except ValueError as e:
-        raise ValueError(f"the {arm} arm cannot match {target:,} MACs within 1% ({e}); choose a larger budget or "
+        raise ValueError(f"the {arm} arm cannot match {what} within 1% ({e}); choose a larger budget or "
                          "--width") from None
     return dataclasses.replace(structure, name=arm if arm != "random" else f"random-{random_seed}")
 
@@ -235,10 +260,26 @@ def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, ima
         k = [WidthBudget(cfg.width_mult or 1.0).neurons(p, 10**9) for p in seed_pool.stage_planes()]
         target = Structure.uniform(layout["layers"], [max(1, round(c / len(seed_pool.scales))) for c in k],
                                    stem=layout["stem"], width=layout["width"], image_size=image_size).macs(None, num_classes, in_chans)
+    latency = None
+    if cfg.latency_model is not None:
+        from .latency import LatencyModel
+
+        from .latency import current_settings
+
+        model = LatencyModel.load(cfg.latency_model)
+        st = model.settings  # this machine, at the study's image size, as the model was measured
+        model.check(current_settings(st.device, st.threads, st.batch_size, image_size, st.compile), "--latency-model")
+        model.check_structure(seed_pool)
+        target = LatencyBudget(cfg.latency_ms or model.predict(learned), model, TOLERANCE)
+        latency = {"model": model, "target_ms": target.ms}
     arms: dict[str, Any] = {}
     for arm in cfg.arms:
         if arm == "learned":
             arms[arm] = learned
+        elif arm == "latency":
+            runs, seed, settings = load_runs(out / "structures" / "learned.scores.json")
+            arms[arm] = select_runs(runs, seed, target, settings, alpha=1.0 if cfg.latency_alpha is None else
+                                    cfg.latency_alpha, name="latency").structure
         elif arm == "random":
             arms[arm] = {s: arm_structure(arm, seed_pool, target, num_classes, in_chans, s)
                          for s in range(cfg.seed, cfg.seed + cfg.seeds)}
@@ -249,7 +290,27 @@ def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, ima
             name = arm if seed is None else f"{arm}-seed{seed}"
             if arm != "learned":
                 structure.save(out / "structures" / f"{name}.json")
-    return {"target_macs": target, "arms": arms}
+    if latency is not None:
+        latency = _arm_latency(latency["model"], latency["target_ms"], arms, out, cfg.progress)
+    target_macs = target if isinstance(target, int) else learned.macs(None, num_classes, in_chans) if learned else None
+    return {"target_macs": target_macs, "latency": latency, "arms": arms}
+
+
+def _arm_latency(model, target_ms: float, arms: dict[str, Any], out: Path, progress: bool) -> dict[str, Any]:
+    """Each arm's predicted and measured latency (the random arm: its first seed's structure),
+    measured once and kept in ``out/latency.json``."""
+    from .latency import time_networks
+
+    path = out / "latency.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    st = model.settings
+    structures = {arm: next(iter(s.values())) if isinstance(s, dict) else s for arm, s in arms.items()}
+    measured = time_networks(structures, st, repeats=7, progress=progress)
+    record = {"target_ms": target_ms, "settings": dataclasses.asdict(st),
+              "predicted_ms": {arm: model.predict(s) for arm, s in structures.items()}, "measured_ms": measured}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def _run_name(arm: str, seed: int) -> str:
@@ -315,7 +376,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
 
     in_processes(train_run, [payload(*r) for r in todo], jobs, on_result=finished)
     bar.close()
-    report = summarize_study(cfg, built["target_macs"], [done[r] for r in runs])
+    report = summarize_study(cfg, built["target_macs"], [done[r] for r in runs], built["latency"])
     atomic_write_text(out / "study.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "study.md", format_study(report))
     plot_study(report, out / "study.png")
@@ -328,9 +389,11 @@ def _bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="study runs", disable=not enabled, dynamic_ncols=True)
 
 
-def summarize_study(cfg: StudyConfig, target: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_study(cfg: StudyConfig, target: int, results: list[dict[str, Any]],
+                    latency: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per arm mean ± std of test top-1; paired (by seed) differences of the learned arm to each
-    other arm (or of the first arm, without a learned one) with 95% t-intervals."""
+    other arm (or of the first arm, without a learned one) with 95% t-intervals; with
+    ``latency`` (matched in latency), each arm's predicted and measured milliseconds."""
     arms = {}
     for arm in cfg.arms:
         rs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
@@ -339,34 +402,49 @@ def summarize_study(cfg: StudyConfig, target: int, results: list[dict[str, Any]]
                      "seeds": [r["seed"] for r in rs], "macs": statistics.mean(r["macs"] for r in rs),
                      "params": statistics.mean(r["params"] for r in rs),
                      "train_seconds": statistics.mean(r["train_seconds"] for r in rs)}
+        if latency is not None:
+            arms[arm].update(predicted_ms=latency["predicted_ms"][arm], measured_ms=latency["measured_ms"][arm])
     base = "learned" if "learned" in arms else cfg.arms[0]
     comparisons = {
         f"{base} - {arm}": paired_interval(arms[base]["top1_by_seed"], arms[arm]["top1_by_seed"])
         for arm in cfg.arms if arm != base
     }
-    return {"settings": _settings(cfg), "target_macs": target, "arms": arms, "comparisons": comparisons,
+    return {"settings": _settings(cfg), "target_macs": target, "latency": latency, "arms": arms, "comparisons": comparisons,
             "test_images": results[0]["test_images"] if results else 0}
 
 
 def format_study(report: dict[str, Any]) -> str:
     """The study's markdown table."""
     s = report["settings"]
-    lines = [
-        f"# Study on {s['data']}: {len(report['arms'])} arms at {report['target_macs']:,} MACs (within 1%), "
-        f"{s['seeds']} seeds each",
-        "",
+    lat = report.get("latency")
+    matched = (f"{lat['target_ms']:.2f} ms predicted latency (within 1% below)" if lat else
+               f"{report['target_macs']:,} MACs (within 1%)")
+    lines = [f"# Study on {s['data']}: {len(report['arms'])} arms at {matched}, {s['seeds']} seeds each", ""]
+    if lat:
+        st = lat["settings"]
+        threads = f" ({st['threads']} threads)" if st["threads"] else ""
+        alpha = s.get("latency_alpha") if s.get("latency_alpha") is not None else 1.0
+        lines += [
+            f"Latency: fused forward, eval, batch {st['batch_size']}, {st['image_size']} px, "
+            f"{'compiled' if st['compile'] else 'eager'}, {st['device_name']}{threads}; predicted by the cost model, "
+            "measured (median of 7 interleaved rounds) before training. The learned arm (MACs-aware) sets the budget; "
+            f"the latency arm keeps neurons by score per ms^{alpha}.",
+            "",
+        ]
+    lines += [
         f"Each arm trained {s['epochs']} epochs (batch {s['batch_size']}, LR {s['lr']}, "
         f"{'crop + flip' if s['augment'] else 'no augmentation'}, "
         f"{'all' if not s['train_subset'] else format(s['train_subset'], ',')} training images); test top-1 on "
         f"{report['test_images']:,} images.",
         "",
-        "| arm | test top-1 (mean ± std) | per seed | MACs | params |",
-        "|---|---:|---|---:|---:|",
+        "| arm | test top-1 (mean ± std) | per seed | MACs | params |" + (" predicted ms | measured ms |" if lat else ""),
+        "|---|---:|---|---:|---:|" + ("---:|---:|" if lat else ""),
     ]
     for arm, a in report["arms"].items():
         per_seed = ", ".join(f"{100 * v:.2f}" for v in a["top1_by_seed"])
+        ms = f" {a['predicted_ms']:.2f} | {a['measured_ms']:.2f} |" if lat else ""
         lines.append(f"| {arm} | {100 * a['top1']:.2f}% ± {100 * a['top1_std']:.2f} | {per_seed} | "
-                     f"{a['macs'] / 1e6:.2f} M | {a['params'] / 1e3:.1f} K |")
+                     f"{a['macs'] / 1e6:.2f} M | {a['params'] / 1e3:.1f} K |{ms}")
     lines += ["", "Paired by seed, with a 95% t-interval:", "", "| difference | mean (points) | 95% interval |",
               "|---|---:|---|"]
     for name, c in report["comparisons"].items():
@@ -406,6 +484,8 @@ def plot_study(report: dict[str, Any], path: str | os.PathLike) -> Path:
     right.set_yticklabels(names)
     right.set_xlabel("difference in test top-1 (points), 95% interval")
     right.set_title("paired by seed", fontsize=9)
-    fig.suptitle(f"{report['settings']['data']}: arms at {report['target_macs'] / 1e6:.2f} M MACs", fontsize=10)
+    lat = report.get("latency")
+    matched = f"{lat['target_ms']:.2f} ms predicted" if lat else f"{report['target_macs'] / 1e6:.2f} M MACs"
+    fig.suptitle(f"{report['settings']['data']}: arms at {matched}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
