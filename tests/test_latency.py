@@ -132,3 +132,17 @@ def test_cuda_without_a_gpu_and_bad_settings_are_one_line(tmp_path, capsys, monk
     assert len(err) == 1 and "--device cuda: no CUDA GPU is present here" in err[0]
     assert not (tmp_path / "m.json").exists()
     assert current_settings("cpu", threads=3).threads == 3
+
+
+def test_compiled_timing_lifts_dynamos_recompile_limit(monkeypatch):
+    """Every channel split is another graph of the same block class: with dynamo's default limit
+    (8) the ninth and later splits would silently run eagerly and the compiled model be wrong."""
+    import torch
+    import torch._dynamo
+
+    from scalenet.latency import _timer
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    prepare, _ = _timer(dataclasses.replace(SETTINGS, compile=True))
+    prepare(torch.nn.Conv2d(3, 4, 1), (1, 3, 8, 8))  # torch.compile is lazy: nothing compiles here
+    assert torch._dynamo.config.recompile_limit >= 64

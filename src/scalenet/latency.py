@@ -186,7 +186,10 @@ def _timer(settings: LatencySettings):
     def prepare(module: nn.Module, shape: tuple[int, ...]):
         x = torch.randn(*shape, device=device).contiguous(memory_format=torch.channels_last)
         module = module.to(memory_format=torch.channels_last).eval()
-        run = torch.compile(module) if settings.compile else module
+        # inductor with freezing, as scalenet bench compiles for inference (weights become constants)
+        run = torch.compile(module, options={"freezing": True}) if settings.compile else module
+        if settings.compile:  # every split is another graph of the same module class: dynamo's default
+            _raise_recompile_limit(64)  # limit (8) would silently run the ninth and later ones eagerly
 
         def call() -> None:
             with torch.inference_mode():
@@ -194,6 +197,17 @@ def _timer(settings: LatencySettings):
         return call
 
     return prepare, sync
+
+
+def _raise_recompile_limit(at_least: int) -> None:
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one
+        if hasattr(config, name) and getattr(config, name) < at_least:
+            setattr(config, name, at_least)
+    if hasattr(config, "accumulated_recompile_limit") and config.accumulated_recompile_limit < 4 * at_least:
+        config.accumulated_recompile_limit = 4 * at_least
 
 
 def _representative(structure: Structure, stage: int) -> BlockSpec:
