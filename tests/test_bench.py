@@ -76,3 +76,27 @@ def test_result_files_are_named_after_the_device(tmp_path):
               "precision": "fp32", "models": {}}
     js, md = save_results(result, tmp_path)
     assert js.name == "bench-amd-epyc-2-threads-inference-b16-compile.json" and md.suffix == ".md"
+
+
+def test_precision_autocasts_and_names_its_files(tmp_path, capsys, monkeypatch):
+    """bf16 runs under autocast (recorded, and in the file names so that it does not overwrite
+    the default precision's results); fp16 is refused on CPU in one line."""
+    import torch
+
+    dtypes = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        dtypes.append((dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    result = run_bench(batch_size=1, image_size=64, repeats=1, warmup=1, onnx=True, progress=False,
+                       models=["scalenet50_light (fused)"], precision="bf16")
+    assert result["precision"] == "bf16 autocast" and (torch.bfloat16, True) in dtypes
+    assert set(result["models"]) == {"resnet50", "scalenet50_light (fused)"}  # no fp32 onnxruntime rows
+    js, _ = save_results(result, tmp_path)
+    assert js.name.endswith("-inference-b1-bf16.json")
+    assert main(["bench", "--precision", "fp16", "--no-onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision fp16 is not offered on cpu; use fp32 or bf16" in err[0]

@@ -79,6 +79,10 @@ def _count(model: nn.Module, image_size: int) -> tuple[int, int]:
     return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
 
 
+#: ``--precision``: autocast dtype (None: plain fp32). CUDA defaults to fp16, CPU to fp32.
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,6 +101,7 @@ def run_bench(
     models: list[str] | None = None,
     progress: bool = True,
     cuda_graphs: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """One interleaved run of the peers. ``compile`` uses inductor, with freezing for inference;
     ``cuda_graphs`` compiles with ``mode="reduce-overhead"`` (CUDA graphs). On CPU,
@@ -113,7 +118,11 @@ def run_bench(
         if unknown:
             raise ValueError(f"unknown bench model(s) {', '.join(unknown)}; choose from {', '.join(builders)}")
         builders = {k: v for k, v in builders.items() if k in models or k == "resnet50"}
-    amp_dtype = torch.float16 if dev.type == "cuda" else None
+    precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
+    if precision not in PRECISIONS or precision == "fp16" and dev.type != "cuda":
+        raise ValueError(f"--precision {precision} is not offered on {dev.type}; use "
+                         f"{'fp32, fp16 or bf16' if dev.type == 'cuda' else 'fp32 or bf16'}")
+    amp_dtype = PRECISIONS[precision]
     # inference compiles with inductor's freezing (weights become constants: BN folding, oneDNN
     # weight prepacking on CPU), the setting for deployment, for every model alike
     freezing = compile and not cuda_graphs and not train
@@ -156,7 +165,7 @@ def run_bench(
                     net(x)
 
             runners[name] = forward
-    if onnx and not train and dev.type == "cpu":
+    if onnx and not train and dev.type == "cpu" and amp_dtype is None:  # onnxruntime runs fp32
         runners.update(_onnx_runners(builders, rows, batch_size, image_size))
 
     for name, run in runners.items():  # warm-up (and compilation), with each model's peak CUDA memory
@@ -187,7 +196,7 @@ def run_bench(
         "freezing": freezing,
         "cuda_graphs": cuda_graphs,
         "channels_last": channels_last,
-        "precision": "fp16 autocast" if amp_dtype is not None else "fp32",
+        "precision": f"{precision} autocast" if amp_dtype is not None else "fp32",
         "models": rows,
     }
 
@@ -246,6 +255,8 @@ def _compile_label(result: dict[str, Any]) -> str:
 def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     slug = device_slug(result["device"])
     variant = "-cudagraphs" if result.get("cuda_graphs") else "-compile" if result["compile"] else ""
+    if result.get("precision", "").startswith("bf16"):  # fp16 (CUDA) and fp32 (CPU) keep their names
+        variant += "-bf16"
     stem = f"bench-{slug}-{result['mode']}-b{result['batch_size']}{variant}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

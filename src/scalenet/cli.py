@@ -571,6 +571,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", action="store_true", help="torch.compile with CUDA graphs (mode reduce-overhead; CUDA only)")
     p.add_argument("--train", action="store_true", help="training steps (forward + backward + SGD) instead of inference")
     p.add_argument("--channels-first", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="autocast dtype (default: fp16 on CUDA, fp32 on CPU; fp16 is CUDA only)")
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows (CPU inference only)")
     p.add_argument("--models", type=_names, default=None,
                    help="comma-separated subset (resnet50 is always included as the reference)")
@@ -584,7 +586,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(
         device=args.device, batch_size=args.batch_size, image_size=args.image_size, repeats=args.repeats,
         compile=args.compile, train=args.train, channels_last=not args.channels_first, onnx=not args.no_onnx,
-        models=args.models, progress=not args.json, cuda_graphs=args.cuda_graphs,
+        models=args.models, progress=not args.json, cuda_graphs=args.cuda_graphs, precision=args.precision,
     )
     js, md = save_results(result, args.out_dir)
     print(json.dumps(result) if args.json else f"{format_table(result)}\n\nwritten: {js}, {md}")
