@@ -205,9 +205,6 @@ class CostModel:
     def format(self, value: float) -> str:
         return f"{value:,.0f}"
 
-    def cost(self, block: int, neuron: Neuron) -> int:
-        return self.costs[block][neuron[1]]
-
     def total(self, chosen: list[list[Neuron]]) -> float:
         return self.of_channels(_counts(chosen, len(self.seed.scales)))
 

@@ -446,7 +446,7 @@ def _latency_budget_model(args: argparse.Namespace, image_size: int):
     if args.latency_ms is None:
         return None
     wanted = current_settings(args.latency_device, args.latency_threads, args.latency_batch_size,
-                              args.latency_image_size or image_size, args.latency_compile)
+                              args.latency_image_size or image_size, args.latency_compile, option="--latency-device")
     if args.latency_model is None:
         return wanted
     model = LatencyModel.load(args.latency_model)

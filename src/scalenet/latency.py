@@ -61,14 +61,15 @@ class LatencySettings:
 
 
 def current_settings(device: str = "cpu", threads: int | None = None, batch_size: int = 16, image_size: int = 224,
-                     compile: bool = False) -> LatencySettings:
-    """The settings of this machine for ``device``; raises one clear line for CUDA without a GPU."""
+                     compile: bool = False, option: str = "--device") -> LatencySettings:
+    """The settings of this machine for ``device``; raises one clear line (naming ``option``)
+    for CUDA without a GPU."""
     from .bench import device_name
 
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+        raise ValueError(f"{option} must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is present here; use --device cpu")
+        raise ValueError(f"{option} cuda: no CUDA GPU is present here; use {option} cpu")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be 1 or more, got {threads}")
     if device == "cpu":
