@@ -35,7 +35,7 @@ from scalenet.bench import _count, _fold_bn, device_slug
 from scalenet.factory import create_model
 from scalenet.fileio import atomic_write_text
 from scalenet.fuse import fuse
-from scalenet.latency import LatencyModel, _raise_recompile_limit, current_settings
+from scalenet.latency import LatencyModel, _timer, current_settings
 from scalenet.timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,20 +63,13 @@ def at_macs(runs, seed, settings, model: LatencyModel, macs: int, multiple_of: i
 
 
 def runners_for(models: dict[str, Callable[[], torch.nn.Module]], compile: bool) -> dict[str, Callable[[], None]]:
-    """One forward per call, each model built, fused and (``compile``) compiled once."""
-    x = torch.randn(16, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    """One forward per call, each model built and (``compile``) compiled once, as the cost
+    models time their blocks (scalenet.latency's timer)."""
+    prepare, _ = _timer(current_settings("cpu", 2, 16, 224, compile))
     runners = {}
     for name, build in models.items():
-        net = build().eval().to(memory_format=torch.channels_last)
-        if compile:
-            _raise_recompile_limit(64)  # several ScaleNets: one compiled graph each, past dynamo's default 8
-            net = torch.compile(net, options={"freezing": True})
-
-        def forward(net=net):
-            with torch.inference_mode():
-                net(x)
-        forward()  # compiles now, not inside the timed rounds
-        runners[name] = forward
+        runners[name] = prepare(build(), (16, 3, 224, 224))
+        runners[name]()  # compiles now, not inside the timed rounds
     return runners
 
 

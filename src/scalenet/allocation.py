@@ -48,6 +48,7 @@ __all__ = [
     "LatencyCost",
     "weigh_by_cost",
     "round_channels",
+    "multiple_pool",
     "select_runs",
     "select_per_block",
     "select_global",
@@ -171,7 +172,16 @@ class BNScaleL1:
 
 
 # ---------------------------------------------------------------------------- budgets
-class CostModel:
+class _Cost:
+    """What both cost models share: the total of a selection, from its counts per scale."""
+
+    seed: Structure
+
+    def total(self, chosen: list[list[Neuron]]) -> float:
+        return self.of_channels(_counts(chosen, len(self.seed.scales)))
+
+
+class CostModel(_Cost):
     """A seed network's MACs as a function of the kept neurons: ``base`` (what does not depend
     on the allocation: stem, 1x1 convs in, shortcuts, classifier) plus each kept neuron's cost.
 
@@ -205,11 +215,8 @@ class CostModel:
     def format(self, value: float) -> str:
         return f"{value:,.0f}"
 
-    def total(self, chosen: list[list[Neuron]]) -> float:
-        return self.of_channels(_counts(chosen, len(self.seed.scales)))
 
-
-class LatencyCost:
+class LatencyCost(_Cost):
     """A seed network's predicted milliseconds (:class:`scalenet.latency.LatencyModel`) as a
     function of the kept neurons: a branch's fixed cost is charged with its first neuron, once."""
 
@@ -236,9 +243,6 @@ class LatencyCost:
 
     def format(self, value: float) -> str:
         return f"{value:,.1f} ms"
-
-    def total(self, chosen: list[list[Neuron]]) -> float:
-        return self.of_channels(_counts(chosen, len(self.seed.scales)))
 
 
 def _counts(chosen: list[list[Neuron]], scales: int) -> list[list[int]]:
@@ -395,7 +399,6 @@ def select_per_block(ranked: list[list[Neuron]], planes: list[int], budget: Budg
     then fills the rest neuron by neuron, best score first, so the target is met within its
     tolerance."""
     capacity = _capacity(ranked)
-    scales = 1 + max((n[1] for r in ranked for n in r), default=0)
 
     def keep_for(mult: float) -> list[int]:
         return [WidthBudget(mult).neurons(p, cap) if mult > 0 else 1 for p, cap in zip(planes, capacity)]
@@ -414,7 +417,7 @@ def select_per_block(ranked: list[list[Neuron]], planes: list[int], budget: Budg
         _check_first(ranked, budget, costs)
         chosen = [r[:k] for r, k in zip(ranked, keep)]
         rest = [r[k:] for r, k in zip(ranked, keep)]
-        counts = _counts(chosen, scales)
+        counts = _counts(chosen, len(costs.seed.scales))
         current = costs.total(chosen)
         while not budget.reached(current):  # whole-stage steps are coarse: fill neuron by neuron
             options = []
@@ -458,7 +461,7 @@ def select_global(ranked: list[list[Neuron]], planes: list[int], budget: Budget,
             chosen[b].append(n)
         return chosen
     _check_first(ranked, budget, costs)
-    counts = _counts(chosen, 1 + max(n[1] for r in ranked for n in r))
+    counts = _counts(chosen, len(costs.seed.scales))
     current = costs.total(chosen)
     for _, b, n in rest:
         if budget.reached(current):
@@ -523,6 +526,18 @@ def weigh_by_cost(scores: list[BlockScores], costs, alpha: float) -> list[BlockS
     return out
 
 
+def multiple_pool(seed: Structure, multiple: int) -> list[list[int]]:
+    """Per block and scale, the most neurons the seed offers in multiples of ``multiple``;
+    refuses (one line) a ``multiple`` below 1 or one that leaves a block without any."""
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"--multiple-of must be a whole number of neurons, 1 or more; got {multiple}")
+    pool = [[c - c % multiple for c in row[:-1]] for row in seed.rows]
+    if any(not any(row) for row in pool):
+        raise ValueError(f"--multiple-of {multiple} is larger than the seed's neurons per scale "
+                         f"({min(max(row[:-1]) for row in seed.rows)}); lower it or raise --seed-width")
+    return pool
+
+
 def round_channels(structure: Structure, seed: Structure, multiple: int, budget: Budget | None = None,
                    num_classes: int = 1000, in_chans: int = 3) -> Structure:
     """Each branch's neuron count rounded to a multiple of ``multiple`` (0 allowed; every block
@@ -533,12 +548,7 @@ def round_channels(structure: Structure, seed: Structure, multiple: int, budget:
     the most over-rounded first while above the budget and the most under-rounded first while
     short of it, so that the budget still holds (the total may stay further below the target
     than the budget's tolerance when the steps are coarse)."""
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"--multiple-of must be a whole number of neurons, 1 or more; got {multiple}")
-    pool = [[c - c % multiple for c in row[:-1]] for row in seed.rows]
-    if any(not any(row) for row in pool):
-        raise ValueError(f"--multiple-of {multiple} is larger than the seed's neurons per scale "
-                         f"({min(max(row[:-1]) for row in seed.rows)}); lower it or raise --seed-width")
+    pool = multiple_pool(seed, multiple)
     wanted = [[c / multiple for c in row[:-1]] for row in structure.rows]
     units = []
     for w, cap in zip(wanted, pool):
@@ -843,7 +853,7 @@ def allocate(
     budget = budget_from(1.0 if none else width_mult, macs, latency_ms, latency_model)
     budget.check(budget.costs(seed, data.num_classes, data.in_chans))  # fail before training
     if multiple_of is not None:
-        round_channels(seed, seed, multiple_of)  # a bad --multiple-of fails before training too
+        multiple_pool(seed, multiple_of)  # a bad --multiple-of fails before training too
     importance = importance or BNScale(0.0 if isinstance(budget, LatencyBudget) else alpha)
     cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
     jobs = auto_jobs(repeats) if jobs is None else jobs
@@ -893,15 +903,15 @@ def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, settings: 
     costs = budget.costs(seed, nc, ic)
     budget.check(costs)
     if multiple_of is not None:
-        round_channels(seed, seed, multiple_of)  # a bad --multiple-of fails before any selection
+        multiple_pool(seed, multiple_of)  # a bad --multiple-of fails before any selection
     if isinstance(budget, LatencyBudget) and alpha and settings.get("importance_alpha"):
         raise ValueError(f"--alpha {alpha} with --latency-ms needs unweighted scores; these were divided by "
                          f"MACs^{settings['importance_alpha']} (train the seeds with --alpha 0)")
-    weigh = (lambda sc: weigh_by_cost(sc, costs, alpha)) if isinstance(budget, LatencyBudget) else (lambda sc: sc)
+    weighed = [weigh_by_cost(r.scores, costs, alpha) if isinstance(budget, LatencyBudget) else r.scores for r in runs]
     selection = dict(scope=scope, num_classes=nc, in_chans=ic)
-    runs = [replace(r, structure=select(weigh(r.scores), seed, budget, **selection)[0]) for r in runs]
+    runs = [replace(r, structure=select(w, seed, budget, **selection)[0]) for r, w in zip(runs, weighed)]
     if combine == "union":
-        combined = combine_union([weigh(r.scores) for r in runs])
+        combined = combine_union(weighed)
         structure, kept = select(combined, seed, budget, **selection)
     else:
         combined, kept = [], []

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+
+from .fileio import cache_root
+
 __all__ = [
     "DataSpec",
     "TensorData",
@@ -172,7 +175,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[TensorDat
     if os.environ.get("SCALENET_FASHION_MNIST"):
         candidates.append(Path(os.environ["SCALENET_FASHION_MNIST"]))
     candidates += [Path(d) for d in FASHION_MNIST_DIRS]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalenet"
+    cache = cache_root()
     candidates.append(cache)
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     for c in candidates:

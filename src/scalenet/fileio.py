@@ -36,6 +36,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return path
 
 
+def cache_root() -> Path:
+    """scalenet's cache folder: ``$XDG_CACHE_HOME/scalenet``, or ``~/.cache/scalenet``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalenet"
+
+
 def check_writable_dir(directory: str | os.PathLike) -> Path:
     """Raises a one-line error unless ``directory`` exists and is writable."""
     directory = Path(directory)

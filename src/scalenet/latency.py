@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fileio import atomic_write_text, read_json
+from .fileio import atomic_write_text, cache_root, read_json
 from .structure import BlockSpec, Structure
 
 __all__ = ["LatencySettings", "StageCost", "LatencyModel", "measure_latency_model", "time_networks",
@@ -187,10 +187,10 @@ def _timer(settings: LatencySettings):
     def prepare(module: nn.Module, shape: tuple[int, ...]):
         x = torch.randn(*shape, device=device).contiguous(memory_format=torch.channels_last)
         module = module.to(memory_format=torch.channels_last).eval()
-        # inductor with freezing, as scalenet bench compiles for inference (weights become constants)
-        run = torch.compile(module, options={"freezing": True}) if settings.compile else module
-        if settings.compile:  # every split is another graph of the same module class: dynamo's default
-            _raise_recompile_limit(64)  # limit (8) would silently run the ninth and later ones eagerly
+        run = module
+        if settings.compile:  # inductor with freezing, as scalenet bench compiles for inference
+            _raise_recompile_limit(64)  # every split is another graph of the same module class: dynamo's
+            run = torch.compile(module, options={"freezing": True})  # default limit (8) would run later ones eagerly
 
         def call() -> None:
             with torch.inference_mode():
@@ -331,8 +331,7 @@ def prediction_errors(model: LatencyModel, structures: dict[str, Structure], rep
 # ---------------------------------------------------------------------------- the cache
 def cache_dir() -> Path:
     """``$SCALENET_CACHE`` or ``~/.cache/scalenet`` (``$XDG_CACHE_HOME`` respected), ``/latency``."""
-    root = os.environ.get("SCALENET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalenet"
-    return Path(root) / "latency"
+    return Path(os.environ.get("SCALENET_CACHE") or cache_root()) / "latency"
 
 
 def cache_path(settings: LatencySettings, layout: Structure) -> Path:

@@ -56,6 +56,12 @@ ARMS = ("learned", "uniform", "random", "resnet", "heuristic")
 #: Arms that need a latency model (``--latency-model``); not in the default set.
 LATENCY_ARMS = ("latency",)
 TOLERANCE = 0.01
+#: The latency arm's default alpha: scores per millisecond.
+LATENCY_ALPHA = 1.0
+
+
+def _latency_alpha(alpha: float | None) -> float:
+    return LATENCY_ALPHA if alpha is None else alpha
 
 
 @dataclass
@@ -85,7 +91,7 @@ class StudyConfig:
     # matching in latency instead of MACs
     latency_model: str | None = None  # a cost model file (scalenet latency-model)
     latency_ms: float | None = None  # every arm's latency budget (default: the learned arm's prediction)
-    latency_alpha: float | None = None  # the latency arm's scores per ms**alpha (None: 1.0)
+    latency_alpha: float | None = None  # the latency arm's scores per ms**alpha (None: LATENCY_ALPHA)
     jobs: int | None = None  # concurrent trainings (each with cores / jobs threads); None: one per CPU core
     progress: bool = True
 
@@ -262,9 +268,7 @@ def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, ima
                                    stem=layout["stem"], width=layout["width"], image_size=image_size).macs(None, num_classes, in_chans)
     latency = None
     if cfg.latency_model is not None:
-        from .latency import LatencyModel
-
-        from .latency import current_settings
+        from .latency import LatencyModel, current_settings
 
         model = LatencyModel.load(cfg.latency_model)
         st = model.settings  # this machine, at the study's image size, as the model was measured
@@ -278,8 +282,8 @@ def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, ima
             arms[arm] = learned
         elif arm == "latency":
             runs, seed, settings = load_runs(out / "structures" / "learned.scores.json")
-            arms[arm] = select_runs(runs, seed, target, settings, alpha=1.0 if cfg.latency_alpha is None else
-                                    cfg.latency_alpha, name="latency").structure
+            arms[arm] = select_runs(runs, seed, target, settings, alpha=_latency_alpha(cfg.latency_alpha),
+                                    name="latency").structure
         elif arm == "random":
             arms[arm] = {s: arm_structure(arm, seed_pool, target, num_classes, in_chans, s)
                          for s in range(cfg.seed, cfg.seed + cfg.seeds)}
@@ -423,7 +427,7 @@ def format_study(report: dict[str, Any]) -> str:
     if lat:
         st = lat["settings"]
         threads = f" ({st['threads']} threads)" if st["threads"] else ""
-        alpha = s.get("latency_alpha") if s.get("latency_alpha") is not None else 1.0
+        alpha = _latency_alpha(s.get("latency_alpha"))
         lines += [
             f"Latency: fused forward, eval, batch {st['batch_size']}, {st['image_size']} px, "
             f"{'compiled' if st['compile'] else 'eager'}, {st['device_name']}{threads}; predicted by the cost model, "
