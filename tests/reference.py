@@ -5,6 +5,9 @@ matches it on the same weights interprets the release's files the same way."""
 import torch
 import torch.nn.functional as F
 
+#: deliberately wrong variants of the forward (see :func:`reference_forward`)
+MUTATIONS = (None, "bilinear", "pool+1", "bn_after_relu")
+
 
 def _bn(sd, prefix, x, training):
     return F.batch_norm(
@@ -13,8 +16,14 @@ def _bn(sd, prefix, x, training):
     )
 
 
-def reference_forward(sd, rows, layers, x, scales=(1, 2, 4, 7), stem="imagenet", training=False):
-    """``sd`` is modified in place in training mode (running statistics), like a real BN."""
+def reference_forward(sd, rows, layers, x, scales=(1, 2, 4, 7), stem="imagenet", training=False, mutation=None):
+    """``sd`` is modified in place in training mode (running statistics), like a real BN.
+
+    ``mutation`` computes a deliberately wrong forward, to show that a comparison catches such
+    a bug: ``"bilinear"`` (every branch upsampled bilinearly, nearest never used), ``"pool+1"``
+    (each branch's pooling window one pixel wider than its stride), ``"bn_after_relu"`` (the
+    branch BNs moved after the ReLU that follows the concatenation)."""
+    assert mutation in MUTATIONS, mutation
     if stem == "imagenet":
         x = F.conv2d(x, sd["conv1.weight"], stride=2, padding=3)
         x = F.relu(_bn(sd, "bn1", x, training))
@@ -45,16 +54,22 @@ def reference_forward(sd, rows, layers, x, scales=(1, 2, 4, 7), stem="imagenet",
                 assert weight.shape == (row[i], weight.shape[1], ksize, ksize), key
                 # a factor beyond the map's side pools the whole axis (inputs smaller than the structure's own)
                 kernel = (min(s, h), min(s, w))
-                y = out if s == 1 else F.max_pool2d(out, kernel_size=kernel, stride=kernel)
+                window = (min(kernel[0] + 1, h), min(kernel[1] + 1, w)) if mutation == "pool+1" else kernel
+                y = out if s == 1 else F.max_pool2d(out, kernel_size=window, stride=kernel)
                 y = F.conv2d(y, weight, padding=ksize // 2)
                 if s > 1:
                     ph, pw = y.shape[-2:]
-                    if h % ph == 0 and w % pw == 0:
+                    if h % ph == 0 and w % pw == 0 and mutation != "bilinear":
                         y = F.interpolate(y, size=(h, w), mode="nearest")
                     else:
                         y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
-                branches.append(_bn(sd, f"{p}.bn2.{i}", y, training))
+                branches.append(y if mutation == "bn_after_relu" else _bn(sd, f"{p}.bn2.{i}", y, training))
             out = F.relu(torch.cat(branches, 1))
+            if mutation == "bn_after_relu":
+                widths = [c for c in row[:-1] if c]
+                parts = torch.split(out, widths, dim=1)
+                keys = [i for i, c in enumerate(row[:-1]) if c]
+                out = torch.cat([_bn(sd, f"{p}.bn2.{i}", y, training) for i, y in zip(keys, parts)], 1)
             out = _bn(sd, p + ".bn3", F.conv2d(out, sd[p + ".conv3.weight"]), training)
             x = F.relu(out + shortcut)
             k += 1

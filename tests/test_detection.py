@@ -94,6 +94,7 @@ def test_bn_frozen_by_default_and_trainable_layers_from_the_top():
         _detector(norm="group")
 
 
+@pytest.mark.numerics
 def test_frozen_backbone_computes_what_the_eval_mode_model_computed(tmp_path):
     torch.manual_seed(0)
     model = create_model(detection_structure(), num_classes=0)
@@ -255,6 +256,7 @@ def test_a_few_iterations_reduce_the_loss(coco):
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
 
 
+@pytest.mark.numerics
 def test_trained_then_reloaded_predicts_the_same_boxes(coco, tmp_path):
     path, images = coco
     ds = CocoDetection(path, images, train=True)
@@ -325,6 +327,7 @@ def test_cli_train_resume_and_eval_table(coco, structure_file, tmp_path, capsys)
     assert f"{saved['AP']:0.3f}" in lines[0]
 
 
+@pytest.mark.numerics
 def test_sigterm_mid_epoch_then_resume_auto_ends_as_if_uninterrupted(coco, structure_file, tmp_path, capsys,
                                                                       monkeypatch):
     """Detection runs on the same run layer: SIGTERM inside an epoch saves the position, exits with
@@ -373,6 +376,7 @@ def test_cli_bad_input_is_one_line(coco, structure_file, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.numerics
 def test_torchrun_train_and_sharded_eval_equal_one_process(coco, structure_file, tmp_path, capsys):
     path, images = coco
     run = tmp_path / "ddp"

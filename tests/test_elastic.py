@@ -18,6 +18,9 @@ from scalenet.checkpoint import read_state_dict
 
 from helpers import make_image_folder, tiny_structure
 
+#: .ci/run runs these a second time under another CPU kernel set
+pytestmark = pytest.mark.numerics
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 

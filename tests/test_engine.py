@@ -49,6 +49,7 @@ def test_training_learns_the_synthetic_classes(tmp_path, folder):
     assert result.final["train_loss"] < result.metrics[0]["train_loss"]
 
 
+@pytest.mark.numerics
 def test_resume_after_sigkill_finishes_identically(tmp_path, folder):
     structure = tiny_structure().save(tmp_path / "t.json")
     args = ["train", "--model", str(structure), "--data", str(folder), "--epochs", "4", "--batch-size", "4",

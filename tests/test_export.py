@@ -12,6 +12,9 @@ from scalenet.fuse import fuse
 
 from test_models import _init_randomly
 
+#: .ci/run runs these a second time under another CPU kernel set
+pytestmark = pytest.mark.numerics
+
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_onnx_round_trip_with_dynamic_batch(tmp_path, tiny, fused):

@@ -14,6 +14,9 @@ from scalenet.models.scalenet import BILINEAR, FULL, NEAREST, branch_input, repl
 
 from reference import reference_forward, reference_train_step
 
+#: .ci/run runs these a second time under another CPU kernel set
+pytestmark = pytest.mark.numerics
+
 
 # ---------------------------------------------------------------------------- the algebra
 @pytest.mark.parametrize("side", [7, 13, 14, 27, 28, 56])

@@ -6,6 +6,9 @@ import torch
 from scalenet import onednn
 from scalenet.fuse import FusedConv2d
 
+#: .ci/run runs these a second time under another CPU kernel set
+pytestmark = pytest.mark.numerics
+
 
 def test_this_torch_still_has_the_private_ops():
     # Fails loudly where a torch upgrade renamed or dropped them: FusedConv2d would still give

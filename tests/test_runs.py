@@ -140,6 +140,7 @@ def test_a_diverged_loss_says_where_and_what_is_kept():
                         d=DistContext(), progress=False)
 
 
+@pytest.mark.numerics
 def test_fit_learns_saves_best_and_resumes_exactly(tmp_path):
     model, updater, loader, task = _setup()
     run = RunDir(tmp_path / "a", "toy")
@@ -215,6 +216,7 @@ def _same_weights(a, b):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.numerics
 def test_a_run_resumed_inside_an_epoch_ends_with_the_same_weights_and_records(tmp_path, capsys):
     straight = _straight(tmp_path)
     model, updater, loader, task = _setup()
@@ -263,6 +265,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_complete_one(tmp_path
         fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
 
 
+@pytest.mark.numerics
 def test_sigterm_finishes_the_step_saves_the_position_and_the_run_continues_exactly(tmp_path):
     _straight(tmp_path)
     model, updater, loader, task = _setup()

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier, register_notrace_module
+from timm.layers import create_classifier
+from timm.models import register_notrace_module  # timm.layers has it only from 1.0.17
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
