@@ -27,3 +27,59 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - the README is ours
     assert json.loads((tmp_path / "learned.json").read_text())["rows"]
     assert (tmp_path / "learned.scores.json").is_file() and (tmp_path / "learned.png").is_file()
+
+
+# ---------------------------------------------------------------------------- the command line
+def _synopsis_options() -> dict[str, set[str]]:
+    """Per command, the options its synopses in the README name: code blocks with ``[--``
+    (optional parts), lines from ``scalenet COMMAND`` on, with their indented continuations."""
+    found: dict[str, set[str]] = {}
+    blocks, current = [], None
+    for line in README.read_text().splitlines():  # fences: "```lang" opens, "```" closes
+        if line.startswith("```"):
+            current = [] if current is None else blocks.append("\n".join(current))
+        elif current is not None:
+            current.append(line)
+    for block in blocks:
+        if " [--" not in block:
+            continue
+        command = None
+        for line in block.splitlines():
+            m = re.match(r"scalenet ([a-z-]+)\b", line)
+            if m:
+                command = m.group(1)
+            elif not line.startswith(" "):
+                command = None
+            if command is not None:
+                text = line.split("#", 1)[0]
+                found.setdefault(command, set()).update(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+    return found
+
+
+def _parser_options() -> dict[str, dict[str, "argparse.Action"]]:
+    import argparse
+
+    from scalenet.cli import build_parser
+
+    subs = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    return {name: {o: a for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"
+                   and a.help is not argparse.SUPPRESS} for name, sub in subs.items()}
+
+
+def test_every_command_option_is_in_the_readme_synopsis_and_vice_versa():
+    readme, parser = _synopsis_options(), _parser_options()
+    assert set(parser) <= set(readme), f"commands without a synopsis: {sorted(set(parser) - set(readme))}"
+    for command, options in parser.items():
+        missing, unknown = sorted(set(options) - readme[command]), sorted(readme[command] - set(options))
+        assert not missing and not unknown, f"scalenet {command}: not in the README {missing}, not in --help {unknown}"
+
+
+def test_every_option_with_a_default_shows_it_in_its_help():
+    import argparse
+
+    for command, options in _parser_options().items():
+        for option, action in options.items():
+            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction)) or action.required:
+                continue
+            if action.default is not None and action.default is not False:
+                assert action.help and "default" in action.help, f"scalenet {command} {option}: no default in its help"

@@ -3,7 +3,8 @@
 1. A *seed* network with abundant, uniform neurons per scale is trained on the task's data
    (:func:`seed_structure`; optionally with a :class:`BNScaleL1` regulariser).
 2. An *importance* scores every output neuron of every SA branch (:class:`BNScale`: its BN
-   scale |gamma|, optionally divided by ``cost ** alpha``), normalised per block.
+   scale |gamma|), normalised per block. At selection the scores may be divided by each
+   neuron's cost under the budget to the power ``alpha`` (:func:`weigh_by_cost`).
 3. A *selector* keeps neurons under a *budget* and counts them per scale, which gives each
    block's row ``[C_1, C_2, C_4, C_7, side]``. Budgets: :class:`WidthBudget` (a multiple of
    the ResNet width per block) or :class:`MacsBudget` (the network's multiply-adds).
@@ -20,6 +21,7 @@ else does not depend on the allocation (:class:`CostModel`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import dataclasses
@@ -47,6 +49,8 @@ __all__ = [
     "CostModel",
     "LatencyCost",
     "weigh_by_cost",
+    "check_alpha",
+    "unweigh",
     "round_channels",
     "multiple_pool",
     "select_runs",
@@ -261,8 +265,8 @@ class WidthBudget:
     multiplier: float
 
     def __post_init__(self) -> None:
-        if not self.multiplier > 0:
-            raise ValueError(f"--width-mult must be positive, got {self.multiplier}")
+        if not (self.multiplier > 0 and math.isfinite(self.multiplier)):
+            raise ValueError(f"--width-mult must be positive and finite, got {self.multiplier}")
 
     def neurons(self, planes: int, capacity: int) -> int:
         return min(capacity, max(1, round(self.multiplier * planes)))
@@ -271,7 +275,17 @@ class WidthBudget:
         return CostModel(seed, num_classes, in_chans)
 
     def check(self, costs: CostModel) -> None:
-        """Any positive multiplier can be met."""
+        """Refuses a multiplier that keeps more neurons in some block than the seed has there
+        (as a MACs target above the seed's is refused), in one line."""
+        for spec in costs.seed.blocks():
+            wanted, capacity = round(self.multiplier * spec.planes), sum(spec.channels)
+            if wanted > capacity:
+                most = min(sum(b.channels) / b.planes for b in costs.seed.blocks())
+                raise ValueError(
+                    f"impossible budget: --width-mult {self.multiplier:g} keeps {wanted:,} neurons in {spec.name}, but "
+                    f"the seed network has {capacity:,} there; lower it (at most {most:g} with this seed) or raise "
+                    "--seed-width"
+                )
 
     def settings(self) -> dict[str, Any]:
         return {"width_mult": self.multiplier, "macs_target": None, "latency_ms": None}
@@ -347,8 +361,8 @@ class LatencyBudget(_TargetBudget):
     option = "--latency-ms"
 
     def __post_init__(self) -> None:
-        if not self.ms > 0:
-            raise ValueError(f"--latency-ms must be positive, got {self.ms}")
+        if not (self.ms > 0 and math.isfinite(self.ms)):
+            raise ValueError(f"--latency-ms must be positive and finite (milliseconds), got {self.ms}")
 
     @property
     def limit(self) -> float:
@@ -510,19 +524,61 @@ def _like(seed: Structure, channels: Sequence[Sequence[int]]) -> Structure:
                                    width=seed.width, image_size=seed.image_size)
 
 
+def check_alpha(alpha: float) -> float:
+    """``alpha`` if it is a finite number, 0 or more; else one clear line."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"--alpha must be a finite number, 0 or more (0: the paper's ranking); got {alpha}")
+    return float(alpha)
+
+
 def weigh_by_cost(scores: list[BlockScores], costs, alpha: float) -> list[BlockScores]:
     """Scores divided by ``cost ** alpha``, where cost is what one neuron of each scale adds
-    under the budget's cost model (for latency: its milliseconds, without the branch's fixed
-    cost), then renormalised per block by the best score: the importance per unit of the
-    budget, so that a latency budget prefers neurons that are cheap on the device."""
+    under the budget's cost model (MACs; for latency its milliseconds, without the branch's
+    fixed cost), then renormalised per block by the best score: the importance per unit of the
+    budget, so that cheap neurons win ties of |gamma|. The scores must be unweighted (as
+    :func:`allocate` stores them). Where the weights underflow or overflow (a large ``alpha``,
+    a neuron the cost model calls free) the same ratios are formed in log space."""
+    alpha = check_alpha(alpha)
     if alpha == 0:
         return list(scores)
     out = []
     for b, block in enumerate(scores):
-        weights = [max(costs.added(b, i, 1), 1e-12) ** alpha for i in range(len(block.scores))]
-        rows = [[v / w for v in row] for row, w in zip(block.scores, weights)]
-        top = max((v for row in rows for v in row), default=0.0) or 1.0
-        out.append(dataclasses.replace(block, scores=[[v / top for v in row] for row in rows]))
+        cost = [costs.added(b, i, 1) for i in range(len(block.scores))]
+        weights = [max(c, 1e-12) ** alpha for c in cost]
+        if all(0 < w < math.inf for w in weights):
+            rows = [[v / w for v in row] for row, w in zip(block.scores, weights)]
+            top = max((v for row in rows for v in row), default=0.0) or 1.0
+            rows = [[v / top for v in row] for row in rows]
+        else:
+            rows = _weigh_in_logs(block.scores, cost, alpha)
+        out.append(dataclasses.replace(block, scores=rows))
+    return out
+
+
+def _weigh_in_logs(scores: list[list[float]], cost: list[float], alpha: float) -> list[list[float]]:
+    """``v / cost ** alpha`` divided by the block's best, without forming the weights; a cost of 0
+    counts as a millionth of the block's cheapest positive one."""
+    positive = [c for c in cost if c > 0]
+    floor = min(positive) * 1e-6 if positive else 1.0
+    logs = [[math.log(v) - alpha * math.log(max(c, floor)) if v > 0 else -math.inf for v in row]
+            for row, c in zip(scores, cost)]
+    top = max((v for row in logs for v in row), default=-math.inf)
+    if top == -math.inf:
+        return [list(row) for row in scores]
+    return [[math.exp(v - top) for v in row] for row in logs]
+
+
+def unweigh(scores: list[BlockScores], alpha: float, normalizer: str | None) -> list[BlockScores]:
+    """Scores a :class:`BNScale` divided by ``MACs ** alpha`` (sidecars written before ``alpha``
+    moved to the selection), multiplied back and normalised again: the unweighted scores."""
+    if not alpha:
+        return list(scores)
+    norm = NORMALIZERS[normalizer]
+    out = []
+    for block in scores:
+        rows = [[v * c**alpha for v in row] for row, c in zip(block.scores, block.costs)]
+        figure = (norm([v for row in rows for v in row]) or 1.0) if norm is not None else 1.0
+        out.append(dataclasses.replace(block, scores=[[v / figure for v in row] for row in rows]))
     return out
 
 
@@ -739,6 +795,12 @@ class AllocationResult:
             ],
         }
 
+    @staticmethod
+    def outputs(path: str | os.PathLike) -> tuple[Path, Path]:
+        """The sidecar and the chart :meth:`save` writes beside the structure ``path``."""
+        path = Path(path)
+        return path.with_name(path.stem + ".scores.json"), path.with_suffix(".png")
+
     def save(self, path: str | os.PathLike, *, bare: bool = False, chart: str | os.PathLike | None = None,
              title: str | None = None) -> dict[str, Path]:
         """Writes the structure (``bare``: the release's bare-list format), the sidecar
@@ -748,8 +810,8 @@ class AllocationResult:
         from .report import plot_allocation
 
         path = Path(path)
-        sidecar = path.with_name(path.stem + ".scores.json")
-        chart = Path(chart) if chart is not None else path.with_suffix(".png")
+        sidecar, default_chart = self.outputs(path)
+        chart = Path(chart) if chart is not None else default_chart
         self.structure.save(path, bare=bare)
         atomic_write_text(sidecar, json.dumps(self.sidecar()) + "\n")
         default_title = f"{path.stem}: learned neurons per scale ({self.settings.get('data', 'data')})"
@@ -777,7 +839,12 @@ def load_runs(path: str | os.PathLike) -> tuple[list[SeedRun], Structure, dict[s
         raise ValueError(f"{p}: not a scores file of scalenet allocate (missing or malformed {e})") from None
     if not runs or any(len(r.scores) != len(list(seed.blocks())) for r in runs):
         raise ValueError(f"{p}: the scores do not match the seed's {len(list(seed.blocks()))} blocks")
-    settings.setdefault("importance_alpha", settings.get("alpha", 0.0))  # files from before latency budgets
+    # sidecars written before latency budgets kept the importance's alpha as "alpha"; before
+    # alpha moved to the selection, scores were stored divided by MACs^importance_alpha
+    weighted = settings.get("importance_alpha", settings.get("alpha", 0.0)) or 0.0
+    if weighted:
+        runs = [replace(r, scores=unweigh(r.scores, weighted, settings.get("normalizer", "max"))) for r in runs]
+    settings["importance_alpha"] = 0.0
     for key in ("width_mult", "macs_target", "latency_ms", "latency_settings", "scope", "alpha", "combine",
                 "multiple_of", "predicted", "predicted_unit"):
         settings.pop(key, None)
@@ -822,8 +889,9 @@ def allocate(
     with CUDA).
 
     The budget is ``width_mult`` (default 1.0), ``macs`` or ``latency_ms`` (predicted by
-    ``latency_model``, a :class:`scalenet.latency.LatencyModel`; ``alpha`` then divides the
-    scores by each neuron's milliseconds, see :func:`weigh_by_cost`); ``multiple_of`` rounds
+    ``latency_model``, a :class:`scalenet.latency.LatencyModel`). The scores are stored
+    unweighted; ``alpha`` divides them at selection by each neuron's cost under the budget (MACs,
+    or milliseconds for a latency budget; :func:`weigh_by_cost`). ``multiple_of`` rounds
     each branch to a multiple of that many neurons (:func:`round_channels`). ``sparsity`` adds a
     :class:`BNScaleL1` penalty while the seeds train. Returns the allocated
     :class:`Structure`, the scores, each run's own allocation and their agreement against
@@ -854,7 +922,11 @@ def allocate(
     budget.check(budget.costs(seed, data.num_classes, data.in_chans))  # fail before training
     if multiple_of is not None:
         multiple_pool(seed, multiple_of)  # a bad --multiple-of fails before training too
-    importance = importance or BNScale(0.0 if isinstance(budget, LatencyBudget) else alpha)
+    check_alpha(alpha)
+    if getattr(importance, "alpha", 0):
+        raise ValueError("scores are stored unweighted and weighed by each neuron's cost at selection; give the "
+                         "importance alpha=0 and pass alpha to allocate")
+    importance = importance or BNScale(0.0)
     cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
     jobs = auto_jobs(repeats) if jobs is None else jobs
     payloads = [
@@ -893,8 +965,9 @@ def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, settings: 
                 name: str | None = None) -> AllocationResult:
     """Selects under ``budget`` from trained seed networks' scores (each run's own allocation,
     then combined; ``settings``: the seed training's, from :func:`allocate` or a sidecar) and
-    rounds to ``multiple_of``. With a latency budget, ``alpha`` weighs the scores by the
-    neurons' milliseconds (:func:`weigh_by_cost`); the scores must then be unweighted."""
+    rounds to ``multiple_of``. ``alpha`` weighs the (unweighted) scores by each neuron's cost
+    under the budget: MACs for width and MACs budgets, milliseconds for a latency budget
+    (:func:`weigh_by_cost`)."""
     from .agreement import agreement_report
 
     if combine not in COMBINES:
@@ -904,10 +977,10 @@ def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, settings: 
     budget.check(costs)
     if multiple_of is not None:
         multiple_pool(seed, multiple_of)  # a bad --multiple-of fails before any selection
-    if isinstance(budget, LatencyBudget) and alpha and settings.get("importance_alpha"):
-        raise ValueError(f"--alpha {alpha} with --latency-ms needs unweighted scores; these were divided by "
-                         f"MACs^{settings['importance_alpha']} (train the seeds with --alpha 0)")
-    weighed = [weigh_by_cost(r.scores, costs, alpha) if isinstance(budget, LatencyBudget) else r.scores for r in runs]
+    alpha = check_alpha(alpha)
+    if settings.get("importance_alpha"):
+        raise ValueError("select_runs needs unweighted scores (load_runs unweighs older sidecars' scores)")
+    weighed = [weigh_by_cost(r.scores, costs, alpha) for r in runs]  # the one meaning of alpha, for every budget
     selection = dict(scope=scope, num_classes=nc, in_chans=ic)
     runs = [replace(r, structure=select(w, seed, budget, **selection)[0]) for r, w in zip(runs, weighed)]
     if combine == "union":

@@ -88,6 +88,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def check_bench(device: str, train: bool, models: list[str] | None, cuda_graphs: bool,
+                precision: str | None) -> tuple[torch.device, dict[str, Callable[[], Any]], str]:
+    """The device, the models and the precision of a benchmark, or one clear line (before any work)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    if cuda_graphs and dev.type != "cuda":
+        raise ValueError("--cuda-graphs needs --device cuda")
+    builders = peer_models(train)
+    if models:
+        unknown = [m for m in models if m not in builders]
+        if unknown:
+            raise ValueError(f"unknown bench model(s) {', '.join(unknown)}; choose from {', '.join(builders)}")
+        builders = {k: v for k, v in builders.items() if k in models or k == "resnet50"}
+    precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
+    if precision not in PRECISIONS or precision == "fp16" and dev.type != "cuda":
+        raise ValueError(f"--precision {precision} is not offered on {dev.type}; use "
+                         f"{'fp32, fp16 or bf16' if dev.type == 'cuda' else 'fp32 or bf16'}")
+    return dev, builders, precision
+
+
 def run_bench(
     device: str = "cpu",
     batch_size: int = 16,
@@ -107,21 +128,7 @@ def run_bench(
     ``cuda_graphs`` compiles with ``mode="reduce-overhead"`` (CUDA graphs). On CPU,
     ``train=True`` also measures each model's peak step memory in a fresh process
     (:func:`peak_step_memory_mb`)."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    if cuda_graphs and dev.type != "cuda":
-        raise ValueError("--cuda-graphs needs --device cuda")
-    builders = peer_models(train)
-    if models:
-        unknown = [m for m in models if m not in builders]
-        if unknown:
-            raise ValueError(f"unknown bench model(s) {', '.join(unknown)}; choose from {', '.join(builders)}")
-        builders = {k: v for k, v in builders.items() if k in models or k == "resnet50"}
-    precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
-    if precision not in PRECISIONS or precision == "fp16" and dev.type != "cuda":
-        raise ValueError(f"--precision {precision} is not offered on {dev.type}; use "
-                         f"{'fp32, fp16 or bf16' if dev.type == 'cuda' else 'fp32 or bf16'}")
+    dev, builders, precision = check_bench(device, train, models, cuda_graphs, precision)
     amp_dtype = PRECISIONS[precision]
     # inference compiles with inductor's freezing (weights become constants: BN folding, oneDNN
     # weight prepacking on CPU), the setting for deployment, for every model alike
@@ -252,16 +259,44 @@ def _compile_label(result: dict[str, Any]) -> str:
     return ", torch.compile (freezing)" if result.get("freezing") else ", torch.compile"
 
 
-def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    slug = device_slug(result["device"])
-    variant = "-cudagraphs" if result.get("cuda_graphs") else "-compile" if result["compile"] else ""
-    if result.get("precision", "").startswith("bf16"):  # fp16 (CUDA) and fp32 (CPU) keep their names
+def result_paths(out_dir: str | Path, device: str, mode: str, batch_size: int, compile: bool, cuda_graphs: bool,
+                 precision: str | None) -> tuple[Path, Path]:
+    """The JSON and markdown files of one benchmark's results: named after the device, the mode,
+    the batch size and the variant (compiled, CUDA graphs, bf16)."""
+    variant = "-cudagraphs" if cuda_graphs else "-compile" if compile else ""
+    if (precision or "").startswith("bf16"):  # fp16 (CUDA) and fp32 (CPU) keep their names
         variant += "-bf16"
-    stem = f"bench-{slug}-{result['mode']}-b{result['batch_size']}{variant}"
+    stem = f"bench-{device_slug(device)}-{mode}-b{batch_size}{variant}"
+    return Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.md"
+
+
+def check_results_free(out_dir: str | Path, *, device: str, train: bool, batch_size: int, compile: bool,
+                       cuda_graphs: bool, precision: str | None, force: bool,
+                       models: list[str] | None = None) -> None:
+    """Refuses (one line, before anything is timed) results that would overwrite earlier ones."""
+    from .fileio import check_output_files
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js = atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
-    md = atomic_write_text(out / f"{stem}.md", format_table(result) + "\n")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} is a file; choose a directory")
+    dev, _, precision = check_bench(device, train, models, cuda_graphs, precision)
+    paths = result_paths(out, device_name(dev), "train" if train else "inference", batch_size, compile, cuda_graphs,
+                         precision)
+    if out.is_dir():
+        check_output_files({p: "results of the same device and settings" for p in paths}, "--out-dir", "results",
+                           force)
+
+
+def save_results(result: dict[str, Any], out_dir: str | Path, force: bool = True) -> tuple[Path, Path]:
+    js, md = result_paths(out_dir, result["device"], result["mode"], result["batch_size"], result["compile"],
+                          bool(result.get("cuda_graphs")), result.get("precision"))
+    js.parent.mkdir(parents=True, exist_ok=True)
+    if not force:
+        from .fileio import check_output_files
+
+        check_output_files({js: "results", md: "results"}, "--out-dir", "results", False)
+    atomic_write_text(js, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(md, format_table(result) + "\n")
     return js, md
 
 

@@ -39,7 +39,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types on bad bytes (IndexError, EOFError, ...)
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{p}: {_not_a_checkpoint(p, e)}") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p}: holds a {type(obj).__name__}, not a state_dict")
     return dict(obj)
@@ -121,6 +121,33 @@ def save_weights(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: s
         data = save(state)
         return atomic_write(path, lambda f: f.write(data))
     return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _not_a_checkpoint(path: Path, error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, and what the file is. torch's own
+    message advises ``weights_only=False``, which would run whatever code the file holds: it is
+    never passed on."""
+    head = path.read_bytes()[:4096]
+    what = "it is not a PyTorch checkpoint or weight file (.pt/.pth, .safetensors)"
+    if head.lstrip()[:1] in (b"{", b"["):
+        import json
+
+        try:
+            obj = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            obj = None
+        if isinstance(obj, list) or isinstance(obj, dict) and "rows" in obj:
+            what = "it is a structure file (neurons per block and scale), not a training checkpoint"
+        elif isinstance(obj, dict) and "runs" in obj and "seed" in obj:
+            what = "it is an allocation's scores file, not a checkpoint"
+        else:
+            what = "it is a JSON or text file"
+    elif head[:2] == b"PK" and "weights only" in str(error).lower():
+        what = ("it holds Python objects besides tensors, which scalenet never loads (that could run code from the "
+                "file); save the model's state_dict instead")
+    elif head[:2] == b"PK" or head[:1] == b"\x80":
+        what = f"it is cut off or damaged ({type(error).__name__})"
+    return f"not a readable PyTorch checkpoint: {what}"
 
 
 def _listed(items: list[str]) -> str:

@@ -80,6 +80,42 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 0 or more, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a finite number, 0 or more, got {text}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {value}")
+    return value
+
+
+def _force_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=f"overwrite {what} if it exists (default: refuse)")
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _refuse_given(args: argparse.Namespace, dests: Sequence[str], why: str) -> None:
+    """One line naming the options given on the command line that ``why`` says cannot apply."""
+    given = [_option(d) for d in dests if d in getattr(args, "given", ())]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}; drop "
+                         f"{'it' if len(given) == 1 else 'them'}")
+
+
 def _resume(text: str) -> bool | str:
     if text != "auto":
         raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r}")
@@ -166,24 +202,27 @@ def format_latency(latency: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- latency model
 def add_latency_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="MODEL.json", help="where to write the cost model")
+    _force_argument(p, "the cost model")
     p.add_argument("--reference", default="scalenet50", metavar="NAME|PATH",
                    help="the layout measured and the network that calibrates the rest (default scalenet50)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="default 16")
     p.add_argument("--image-size", type=_positive_int, default=None, help="default: the reference's own")
     p.add_argument("--compile", action="store_true", help="time torch.compile'd blocks and networks")
     p.add_argument("--configs", type=_positive_int, default=14, help="channel splits timed per stage (default 14)")
     p.add_argument("--repeats", type=_positive_int, default=5, help="interleaved rounds per timing (default 5)")
     p.add_argument("--check", type=_name_list, default=[], metavar="NAME,...",
-                   help="structures (names or files) whose measured latency is compared with the prediction")
+                   help="structures (names or files) whose measured latency is compared with the prediction (default: none)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def cmd_latency_model(args: argparse.Namespace) -> int:
     from .factory import resolve_structure
+    from .fileio import check_output_file
     from .latency import current_settings, measure_latency_model, prediction_errors
 
+    check_output_file(args.out, "--out", "model.json", force=args.force)  # before minutes of timing
     reference = resolve_structure(args.reference)
     checks = {name: resolve_structure(name) for name in args.check}
     settings = current_settings(args.device, args.threads, args.batch_size, args.image_size or reference.image_size,
@@ -224,15 +263,15 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None 
     p.add_argument("--epochs", type=_positive_int, default=None, help=f"default {epochs or d('epochs')}")
     p.add_argument("--image-size", type=_positive_int, default=None, help="default: from the data")
     p.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {d('batch_size')}")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate of the cosine schedule (default {d('lr')})")
-    p.add_argument("--wd", type=float, default=None, help=f"weight decay (default {d('wd')})")
-    p.add_argument("--warmup", type=float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
-    p.add_argument("--label-smoothing", type=float, default=None, help=f"default {d('label_smoothing')}")
+    p.add_argument("--lr", type=_positive_float, default=None, help=f"peak learning rate of the cosine schedule (default {d('lr')})")
+    p.add_argument("--wd", type=_nonneg_float, default=None, help=f"weight decay (default {d('wd')})")
+    p.add_argument("--warmup", type=_nonneg_float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
+    p.add_argument("--label-smoothing", type=_fraction, default=None, help=f"default {d('label_smoothing')}")
     p.add_argument("--no-bn-wd", action="store_true", help="no weight decay on BN parameters and biases")
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--workers", type=int, default=None, help=f"data-loading processes for image folders (default {d('workers')})")
+    p.add_argument("--workers", type=_nonneg_int, default=None, help=f"data-loading processes for image folders (default {d('workers')})")
     p.add_argument("--decode", choices=DECODERS, default="pil",
                    help="image-file decoder: PIL, or torchvision.io with the transforms on uint8 tensors (default pil; "
                         "see benchmarks/results/data-loading-*)")
@@ -240,7 +279,7 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None 
     p.add_argument("--init", default=None, metavar="PATH",
                    help="start from these weights: a release .pth/.safetensors or a scalenet train checkpoint "
                         "(the classifier starts from scratch when the number of classes differs)")
-    p.add_argument("--freeze-stages", type=int, default=None, metavar="N",
+    p.add_argument("--freeze-stages", type=_nonneg_int, default=None, metavar="N",
                    help=f"fine-tuning: train only the stages after the first N and the head (default {d('freeze_stages')})")
     p.add_argument("--train-subset", type=_positive_int, default=None, help="train on a random subset of N images")
     p.add_argument("--val-subset", type=_positive_int, default=None, help="validate on a random subset of N images")
@@ -294,8 +333,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by scalenet train (last.pt/best.pt)")
     p.add_argument("--data", required=True, metavar="DIR|fashion-mnist")
     p.add_argument("--image-size", type=_positive_int, default=None, help="default: the training image size")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
+    p.add_argument("--workers", type=_nonneg_int, default=0, help="data-loading processes (default 0)")
     p.add_argument("--val-subset", type=_positive_int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help='print {"top1": ..., "top5": ...} as fractions')
 
@@ -320,7 +359,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by scalenet train (best.pt/last.pt)")
     p.add_argument("--topk", type=_positive_int, default=5, help="classes shown per image (default 5)")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help='one JSON object per line: {"path", "top": [{"class", "index", "prob"}]}')
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -354,33 +393,40 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
                    help="an ImageFolder directory or a built-in data set (required unless --scores)")
     p.add_argument("--scores", default=None, metavar="X.scores.json",
                    help="select again from an earlier allocation's seed networks (its sidecar), without training")
-    p.add_argument("--out", required=True, metavar="structure.json", help="the structure file to write")
+    p.add_argument("--out", required=True, metavar="structure.json",
+                   help="the structure file to write (with OUT.scores.json and the chart OUT.png beside it)")
+    _force_argument(p, "the structure, its scores file and its chart")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--width-mult", type=float, default=None, help="neurons kept per block, times the ResNet width (default 1.0)")
+    budget.add_argument("--width-mult", type=_positive_float, default=None,
+                        help="neurons kept per block, times the ResNet width (default 1.0)")
     budget.add_argument("--macs", type=_positive_int, default=None, help="MACs target for the whole network (met within 1%%)")
-    budget.add_argument("--latency-ms", type=float, default=None, metavar="T",
+    budget.add_argument("--latency-ms", type=_positive_float, default=None, metavar="T",
                         help="predicted latency target on the device (never above T, within 1%% below)")
     p.add_argument("--multiple-of", type=int, default=None, metavar="M",
-                   help="round each branch's neurons to a multiple of M (0 allowed) within the budget")
+                   help="round each branch's neurons to a multiple of M (M >= 1; a branch may round to 0 neurons) "
+                        "within the budget (default: no rounding)")
     lat = p.add_argument_group("latency budget", "the device and settings --latency-ms is for; the cost model is "
                                "--latency-model, or the cached one for these settings (measured once when missing)")
     lat.add_argument("--latency-model", default=None, metavar="MODEL.json", help="a cost model from scalenet latency-model")
-    lat.add_argument("--latency-device", choices=["cpu", "cuda"], default="cpu")
+    lat.add_argument("--latency-device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
     lat.add_argument("--latency-threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
     lat.add_argument("--latency-batch-size", type=_positive_int, default=16, help="default 16")
     lat.add_argument("--latency-image-size", type=_positive_int, default=None, help="default: the data's")
     lat.add_argument("--latency-compile", action="store_true", help="latency of torch.compile'd networks")
     p.add_argument("--seed-width", type=_positive_int, default=None, help="seed neurons per scale (default: the block's planes)")
     p.add_argument("--scales", type=_int_list, default=[1, 2, 4, 7], help="pooling factors (default 1,2,4,7)")
-    p.add_argument("--alpha", type=float, default=0.0, help="score |gamma| / cost^alpha (the paper: 0)")
-    p.add_argument("--sparsity", type=float, default=0.0, help="L1 weight on the SA-branch BN scales while the seed trains")
-    p.add_argument("--scope", choices=["block", "global"], default="block", help="rank per block (the paper) or across blocks")
+    p.add_argument("--alpha", type=_nonneg_float, default=0.0,
+                   help="keep neurons by score / cost^alpha, the cost of a neuron under the budget: its MACs for "
+                        "--width-mult and --macs, its predicted ms for --latency-ms (default 0, the paper's ranking)")
+    p.add_argument("--sparsity", type=_nonneg_float, default=0.0,
+                   help="L1 weight on the SA-branch BN scales while the seed trains (default 0)")
+    p.add_argument("--scope", choices=["block", "global"], default="block", help="rank per block (the paper) or across blocks (default block)")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                    help=f"seed networks to train (seeds SEED to SEED+N-1) and combine (default {DEFAULT_REPEATS})")
     p.add_argument("--combine", choices=list(COMBINES), default=DEFAULT_COMBINE,
                    help=f"mean: average the runs' own allocations; union: rank all runs' neurons together per block "
                         f"and scale (default {DEFAULT_COMBINE})")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=_positive_int, default=None,
                    help="seed networks trained at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")
     p.add_argument("--layers", type=_int_list, default=None, help="blocks per stage (default by image size)")
     p.add_argument("--width", type=_positive_int, default=None, help="planes of stage 1 (default by image size)")
@@ -392,15 +438,30 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     from .agreement import format_agreement
-    from .allocation import allocate, budget_from, format_stage_summary, load_runs, seed_epochs, select_runs
-    from .engine import train
-    from .fileio import check_output_file
+    from .allocation import (AllocationResult, allocate, budget_from, format_stage_summary, load_runs, seed_epochs,
+                             select_runs)
+    from .engine import CHECKPOINT_FORMAT, train
+    from .fileio import check_output_file, check_output_files
+    from .runs import RunDir
 
-    out = check_output_file(args.out, "--out", "structure.json")
     if (args.data is None) == (args.scores is None):
         raise ValueError("give --data DIR (train seed networks) or --scores X.scores.json (select from trained ones)")
     if args.scores is not None and args.then_train:
         raise ValueError("--then-train needs --data (the data to train the result on)")
+    if args.scores is not None:
+        _refuse_given(args, _SEED_OPTIONS, "with --scores, which selects from seed networks trained already (train "
+                                           "anew with --data to change them)")
+    if args.latency_ms is None:
+        _refuse_given(args, _LATENCY_OPTIONS, "without --latency-ms (they say what a latency budget is predicted for)")
+    if args.then_train is None:
+        _refuse_given(args, ["run_dir"], "without --then-train")
+    out = check_output_file(args.out, "--out", "structure.json", force=args.force)
+    sidecar, chart = AllocationResult.outputs(out)
+    check_output_files({sidecar: "the scores file written beside the structure",
+                        chart: "the chart written beside the structure"}, "--out", "structure.json", args.force)
+    run_dir = (Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")) if args.then_train else None
+    if run_dir is not None:
+        RunDir(run_dir, CHECKPOINT_FORMAT).check_new()  # refused now, not after the allocation
     if args.scores is not None:
         runs, seed, settings = load_runs(args.scores)
         latency = _latency_budget_model(args, seed.image_size)
@@ -431,7 +492,6 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         f"{result.seed.macs(None, nc, ic):,} MACs); scores in {paths['sidecar']}, chart in {paths['chart']}"
     )
     if args.then_train:
-        run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")
         trained = train(s, data, dataclasses.replace(cfg, epochs=args.then_train), run_dir)
         print(f"{out.stem}: val top-1 {100 * trained.final['val_top1']:.2f}% after {args.then_train} epochs; "
               f"run in {run_dir}")
@@ -460,6 +520,16 @@ def _resolve_latency(latency, seed, args: argparse.Namespace):
     return latency_model_for(latency, seed, progress=not args.no_progress) if latency is not None else None
 
 
+#: allocate's options that set up the seed networks' training: with --scores they cannot apply
+_SEED_OPTIONS = ("layers", "width", "scales", "seed_width", "repeats", "sparsity", "jobs", "preset", "epochs",
+                 "image_size", "batch_size", "lr", "wd", "warmup", "label_smoothing", "no_bn_wd", "amp", "channels_last",
+                 "compile", "workers", "decode", "seed", "init", "freeze_stages", "train_subset", "val_subset",
+                 "no_augment")
+#: what a latency budget is predicted for
+_LATENCY_OPTIONS = ("latency_model", "latency_device", "latency_threads", "latency_batch_size", "latency_image_size",
+                    "latency_compile")
+
+
 # ---------------------------------------------------------------------------- study
 _STUDY_OPTIONS = ("seeds", "seed", "width_mult", "macs", "layers", "width", "image_size", "epochs", "batch_size", "lr",
                   "wd", "warmup", "train_subset", "val_subset", "repeats", "seed_epochs", "seed_subset", "latency_model",
@@ -472,21 +542,21 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     d = lambda name: _default(StudyConfig, name)  # noqa: E731
     p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
     p.add_argument("--out", required=True, metavar="STUDY_DIR", help="study directory (an unfinished study there resumes)")
-    p.add_argument("--arms", type=_names, default=None,
+    p.add_argument("--arms", type=_arm_names, default=None,
                    help=f"comma-separated subset of {','.join(ARMS + LATENCY_ARMS)} (default: {','.join(ARMS)})")
     p.add_argument("--seeds", type=int, default=None, help=f"training seeds per arm, at least 2 (default {d('seeds')})")
     p.add_argument("--seed", type=int, default=None, help=f"first seed (default {d('seed')})")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--width-mult", type=float, default=None, help="the learned arm's budget (default 1.0)")
+    budget.add_argument("--width-mult", type=_positive_float, default=None, help="the learned arm's budget (default 1.0)")
     budget.add_argument("--macs", type=_positive_int, default=None, help="MACs of every arm (within 1%%)")
     p.add_argument("--layers", type=_int_list, default=None, help="blocks per stage (default by image size)")
     p.add_argument("--width", type=_positive_int, default=None, help="planes of stage 1 (default by image size)")
     p.add_argument("--image-size", type=_positive_int, default=None, help="default: from the data")
     p.add_argument("--epochs", type=_positive_int, default=None, help=f"training epochs of every run (default {d('epochs')})")
     p.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {d('batch_size')}")
-    p.add_argument("--lr", type=float, default=None, help=f"default {d('lr')}")
-    p.add_argument("--wd", type=float, default=None, help=f"default {d('wd')}")
-    p.add_argument("--warmup", type=float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
+    p.add_argument("--lr", type=_positive_float, default=None, help=f"default {d('lr')}")
+    p.add_argument("--wd", type=_nonneg_float, default=None, help=f"default {d('wd')}")
+    p.add_argument("--warmup", type=_nonneg_float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
     p.add_argument("--augment", action="store_true", help="crop + flip while training (default: off)")
     p.add_argument("--train-subset", type=_positive_int, default=None, help="train every run on a random subset of N images")
     p.add_argument("--val-subset", type=_positive_int, default=None,
@@ -497,12 +567,19 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-subset", type=_positive_int, default=None, help=f"images for the seed networks (default {d('seed_subset')})")
     p.add_argument("--latency-model", default=None, metavar="MODEL.json",
                    help="match the arms in latency predicted by this cost model (scalenet latency-model), not in MACs")
-    p.add_argument("--latency-ms", type=float, default=None, help="every arm's latency (default: the learned arm's)")
-    p.add_argument("--latency-alpha", type=float, default=None,
+    p.add_argument("--latency-ms", type=_positive_float, default=None, help="every arm's latency (default: the learned arm's)")
+    p.add_argument("--latency-alpha", type=_nonneg_float, default=None,
                    help="the latency arm keeps neurons by score / ms^alpha (default 1.0)")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=_positive_int, default=None,
                    help="trainings run at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _arm_names(text: str) -> list[str]:
+    names = _names(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated arm names like learned,uniform, got {text!r}")
+    return names
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -521,7 +598,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=["quick", "full"], default="quick",
                    help="quick: about 15 minutes on a 2-core CPU (default); full: long, meant for a GPU")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; an earlier run there is moved aside)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -537,10 +614,11 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="NAME|PATH", help="a published model name or a structure JSON")
     p.add_argument("--checkpoint", default=None, help="weights (.pth/.pt/.safetensors); default: random init")
     p.add_argument("--onnx", required=True, metavar="out.onnx")
+    _force_argument(p, "the ONNX file")
     p.add_argument("--fused", action="store_true", help="export the BN-folded inference model")
     p.add_argument("--image-size", type=_positive_int, default=None, help="default: the structure's own")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--in-chans", type=_positive_int, default=3)
+    p.add_argument("--num-classes", type=_positive_int, default=1000, help="default 1000")
+    p.add_argument("--in-chans", type=_positive_int, default=3, help="default 3")
     p.add_argument("--layers", type=_int_list, default=None, help="stage depths for a bare-list structure file")
 
 
@@ -553,7 +631,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     structure = resolve_structure(args.model, layers=args.layers)
     image_size = args.image_size or structure.image_size
     structure.check_input(image_size)
-    out = check_output_file(args.onnx, "--onnx", "model.onnx")
+    out = check_output_file(args.onnx, "--onnx", "model.onnx", force=args.force)
     model = create_model(structure, num_classes=args.num_classes, in_chans=args.in_chans, checkpoint=args.checkpoint)
     diff = export_checked(fuse(model) if args.fused else model.eval(), out, image_size, args.in_chans)
     print(f"{out}: opset 17, dynamic batch, {'fused, ' if args.fused else ''}onnxruntime vs PyTorch max relative "
@@ -563,10 +641,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- bench
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--image-size", type=_positive_int, default=224)
-    p.add_argument("--repeats", type=_positive_int, default=10, help="interleaved rounds (median and min reported)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="default 16")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="default 224")
+    p.add_argument("--repeats", type=_positive_int, default=10, help="interleaved rounds, median and min reported (default 10)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (inference: inductor with freezing)")
     p.add_argument("--cuda-graphs", action="store_true", help="torch.compile with CUDA graphs (mode reduce-overhead; CUDA only)")
     p.add_argument("--train", action="store_true", help="training steps (forward + backward + SGD) instead of inference")
@@ -576,19 +654,24 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows (CPU inference only)")
     p.add_argument("--models", type=_names, default=None,
                    help="comma-separated subset (resnet50 is always included as the reference)")
-    p.add_argument("--out-dir", default="benchmarks/results", help="where the JSON and markdown go")
+    p.add_argument("--out-dir", default="benchmarks/results",
+                   help="where the JSON and markdown go, named after the device and settings (default benchmarks/results)")
+    _force_argument(p, "earlier results of the same device and settings")
     p.add_argument("--json", action="store_true")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench, save_results
+    from .bench import check_results_free, format_table, run_bench, save_results
 
+    check_results_free(args.out_dir, device=args.device, train=args.train, batch_size=args.batch_size,
+                       compile=args.compile, cuda_graphs=args.cuda_graphs, precision=args.precision, force=args.force,
+                       models=args.models)
     result = run_bench(
         device=args.device, batch_size=args.batch_size, image_size=args.image_size, repeats=args.repeats,
         compile=args.compile, train=args.train, channels_last=not args.channels_first, onnx=not args.no_onnx,
         models=args.models, progress=not args.json, cuda_graphs=args.cuda_graphs, precision=args.precision,
     )
-    js, md = save_results(result, args.out_dir)
+    js, md = save_results(result, args.out_dir, force=args.force)
     print(json.dumps(result) if args.json else f"{format_table(result)}\n\nwritten: {js}, {md}")
     return 0
 
@@ -625,7 +708,7 @@ def add_detect_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-json", default=None, metavar="PATH", help="evaluate on this set after every epoch (best.pt by AP)")
     p.add_argument("--val-images", default=None, metavar="DIR")
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA)")
-    p.add_argument("--workers", type=int, default=None, help=f"data-loading processes (default {d('workers')})")
+    p.add_argument("--workers", type=_nonneg_int, default=None, help=f"data-loading processes (default {d('workers')})")
     p.add_argument("--seed", type=int, default=None, help=f"default {d('seed')}")
     add_fault_tolerance_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -656,9 +739,10 @@ def add_detect_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, metavar="DIR")
     p.add_argument("--batch-size", type=_positive_int, default=1,
                    help="images per step (default 1: larger batches pad images to a common size, which moves scores slightly)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=_nonneg_int, default=0, help="data-loading processes (default 0)")
     p.add_argument("--save", default=None, metavar="PATH", help="metrics JSON (default: eval-<json name>.json beside the checkpoint)")
     p.add_argument("--detections", default=None, metavar="PATH", help="also write the detections in COCO results format")
+    _force_argument(p, "the metrics JSON and the detections file")
     p.add_argument("--score-thresh", type=_fraction, default=0.05, help="drop detections scoring below this (default 0.05)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -669,7 +753,7 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(
         args.checkpoint, args.coco_json, args.images, save=args.save, detections=args.detections,
-        score_thresh=args.score_thresh, batch_size=args.batch_size, workers=args.workers,
+        score_thresh=args.score_thresh, batch_size=args.batch_size, workers=args.workers, force=args.force,
         progress=not args.no_progress and not args.json,
     )
     if report is None:  # not rank 0
@@ -733,10 +817,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_options(argv: Sequence[str] | None) -> frozenset[str]:
+    """The destinations of the options given on the command line (not left at their defaults):
+    the same parse with every default suppressed."""
+    parser = build_parser()
+    for sub in parser._subparsers._group_actions[0].choices.values():  # noqa: SLF001 (argparse has no public walk)
+        for action in sub._actions:
+            action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    return frozenset(k for k in given if k not in ("command", "func"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .runs import Preempted, TrainingError
 
     args = build_parser().parse_args(argv)
+    args.given = given_options(argv)
     try:
         code = args.func(args)
         _close_process_group()
@@ -747,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_process_group()  # every rank stopped at the same step
         return e.exit_code
     # ImportError: a missing optional dependency (pycocotools, onnxruntime); the message says what to install
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+            ImportError) as e:
         print(f"scalenet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingError as e:  # a diverged run: what happened and what is kept

@@ -209,20 +209,44 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[TensorDat
 DECODERS = ("pil", "torchvision")
 
 
-def read_image(path: str, decode: str = "pil"):
-    """An RGB image: a PIL image, or a uint8 (3, H, W) tensor with ``decode="torchvision"``;
-    None when the file is not a readable image."""
+def read_image(path: str, decode: str = "pil", mode: str = "RGB"):
+    """An image in ``mode`` (``RGB`` or ``L``): a PIL image, or a uint8 (C, H, W) tensor with
+    ``decode="torchvision"``; None when the file is not a readable image. 16-bit and float
+    images are scaled to 8 bits (:func:`to_8bit`)."""
     try:
         if decode == "torchvision":
             from torchvision.io import ImageReadMode, decode_image
 
-            return decode_image(path, mode=ImageReadMode.RGB)
+            image = decode_image(path, mode=ImageReadMode.RGB if mode == "RGB" else ImageReadMode.GRAY)
+            if image.dtype == torch.uint16:  # 16-bit PNGs: 0..65535 to 0..255, rounded
+                image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+            return image
         from PIL import Image
 
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_8bit(im).convert(mode)
     except Exception:  # truncated, not an image, unreadable
         return None
+
+
+def to_8bit(image):
+    """A PIL image whose samples are 8-bit: 16-bit integer images (``I;16*``, and ``I`` with
+    values up to 65535) are scaled by 255/65535, float images (``F``) by 255 from [0, 1]
+    (clipped), other 32-bit integer images from their own range. ``convert("RGB")`` would clip
+    them at 255 instead, turning most pixels of a 16-bit image white."""
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scaled = np.clip(values, 0.0, 1.0) * 255.0
+    elif image.mode.startswith("I;16") or (values.size and values.min() >= 0 and values.max() <= 65535):
+        scaled = values * (255.0 / 65535.0)
+    else:  # signed or wider integers: their own range
+        low, high = (values.min(), values.max()) if values.size else (0.0, 1.0)
+        scaled = (values - low) * (255.0 / max(high - low, 1.0))
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
 
 class ImageFiles(Dataset):
@@ -283,7 +307,9 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         if not 0 <= start <= self.shard_size:
-            raise ValueError(f"cannot start epoch {epoch} at sample {start}: this shard has {self.shard_size}")
+            raise ValueError(f"cannot start epoch {epoch + 1} at sample {start}: this process's share of the epoch has "
+                             f"{self.shard_size} samples (was the run resumed with another --batch-size or number of "
+                             "processes?)")
         if epoch != self.epoch:
             self.epoch, self._order = epoch, None
         self.start = start
@@ -367,6 +393,10 @@ def _class_folders(root: Path) -> list[tuple[str, list[str]]]:
         )
         if not files:
             raise ValueError(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); add images or remove it")
+        if not any(read_image(f) is not None for f in files):  # stops at the first readable one
+            raise ValueError(f"class folder {d} has {len(files)} image file(s) and none is readable; a model trained "
+                             "there would never see the class (and its validation would not count it): fix the files "
+                             "or remove the folder")
         out.append((d.name, files))
     if len(out) < 2:
         raise ValueError(f"{root} has a single class ({out[0][0]!r}); classification needs at least two class folders")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, read_state_dict
-from .data import DataSpec, build_data
+from .data import BUILTIN, DataSpec, build_data
 from .factory import create_model
 from .models.scalenet import checkpoint_filter_fn
 from .runs import (
@@ -169,11 +169,14 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Top-1/top-5 (and their errors) of a training checkpoint on a data set's validation split."""
     model, ckpt = model_from_checkpoint(checkpoint)
-    spec = build_data(data, image_size or ckpt.get("image_size"), val_subset=val_subset)
+    # a built-in set has one image size: read it at its own, so that a mismatch of classes or
+    # channels is reported as such (not as an image size the user never passed)
+    size = image_size or (None if str(data) in BUILTIN else ckpt.get("image_size"))
+    spec = build_data(data, size, val_subset=val_subset)
     if spec.num_classes != ckpt["num_classes"] or spec.in_chans != ckpt["in_chans"]:
         raise ValueError(
             f"{checkpoint} was trained for {ckpt['num_classes']} classes and {ckpt['in_chans']} channels, "
-            f"but {data} has {spec.num_classes} classes and {spec.in_chans} channels"
+            f"but {data} has {spec.num_classes} classes and {spec.in_chans} channels; evaluate it on data like its own"
         )
     model.structure.check_input(spec.image_size)
     result = evaluate(model, spec.loader("val", batch_size, workers=workers))
@@ -213,13 +216,16 @@ class ClassificationTask:
 
     def identity(self) -> dict[str, Any]:
         s = self.structure
+        # the batch size places a resume inside an epoch (steps x batch) and shapes the LR schedule
         return {"structure": (s.rows, s.layers, s.scales), "number of classes": self.data.num_classes,
-                "data set": self.data.name, "number of training images": len(self.data.train)}
+                "data set": self.data.name, "number of training images": len(self.data.train),
+                "batch size": self.cfg.batch_size}
 
     def identity_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any]:
         s = Structure.from_json(ckpt["structure"], source="checkpoint (structure)")
         return {"structure": (s.rows, s.layers, s.scales), "number of classes": ckpt.get("num_classes"),
-                "data set": ckpt.get("data"), "number of training images": ckpt.get("train_images")}
+                "data set": ckpt.get("data"), "number of training images": ckpt.get("train_images"),
+                "batch size": (ckpt.get("args") or {}).get("batch_size")}
 
     def checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
         data = self.data

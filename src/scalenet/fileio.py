@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_output_file", "read_json"]
+__all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_output_file", "check_output_files",
+           "read_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -45,6 +46,9 @@ def check_writable_dir(directory: str | os.PathLike) -> Path:
     """Raises a one-line error unless ``directory`` exists and is writable."""
     directory = Path(directory)
     if not directory.is_dir():
+        above = next((p for p in [directory, *directory.parents] if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise NotADirectoryError(f"output directory {directory} cannot be made: {above} is a file")
         raise FileNotFoundError(f"output directory does not exist: {directory}")
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"output directory is not writable: {directory}")
@@ -61,14 +65,25 @@ def _umask() -> int:
     return mask
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--out", example: str = "out.json") -> Path:
+def check_output_file(path: str | os.PathLike, flag: str = "--out", example: str = "out.json", *,
+                      force: bool = True, what: str = "") -> Path:
     """Raises a one-line error unless ``path`` can be written as a file (its folder exists and
-    is writable, and it is not a directory). ``flag`` and ``example`` go into the message."""
+    is writable, and it is not a directory) and, unless ``force``, does not exist yet. ``flag``,
+    ``example`` and ``what`` (what the file is, when it is not the option's own file) go into
+    the message. Commands call it for every output before they start the work."""
     path = Path(path)
     check_writable_dir(path.parent)
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a directory; give a file name such as {path / example}")
+    if not force and path.exists():
+        raise FileExistsError(f"{flag}: {path}{f' ({what})' if what else ''} exists; pass --force to overwrite it, "
+                              "or choose another name")
     return path
+
+
+def check_output_files(paths: dict[str | os.PathLike, str], flag: str, example: str, force: bool) -> list[Path]:
+    """:func:`check_output_file` for each of ``paths`` (path -> what it is)."""
+    return [check_output_file(p, flag, example, force=force, what=what) for p, what in paths.items()]
 
 
 def read_json(path: str | os.PathLike, what: str, expected: str) -> object:

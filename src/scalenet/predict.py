@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .data import IMAGE_EXTENSIONS, image_transforms
+from .data import IMAGE_EXTENSIONS, image_transforms, read_image
 from .engine import model_from_checkpoint
 
 __all__ = ["Predictor", "load_predictor", "image_paths", "format_table"]
@@ -31,14 +31,8 @@ class Predictor:
 
     def read(self, path: str | os.PathLike) -> torch.Tensor | None:
         """The preprocessed image, or None when the file is not a readable image."""
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                image = im.convert("L" if self.in_chans == 1 else "RGB")
-        except Exception:  # not an image, truncated, unreadable
-            return None
-        return self.transform(image)
+        image = read_image(str(path), mode="L" if self.in_chans == 1 else "RGB")  # 16-bit and float scaled to 8 bits
+        return self.transform(image) if image is not None else None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, topk: int = 5) -> list[list[dict[str, Any]]]:

@@ -293,6 +293,14 @@ class Updater:
 _STEP_FILE = re.compile(r"step-e(\d+)-s(\d+)\.pt$")
 
 
+class NoCheckpointLeft(CheckpointError):
+    """Every checkpoint of a run directory is damaged: ``damaged`` says why, file by file."""
+
+    def __init__(self, path: Path, damaged: list[str], advice: str = "start a new run with another --out"):
+        self.path, self.damaged = path, damaged
+        super().__init__(f"no complete checkpoint left in {path} to resume from: {'; '.join(damaged)}; {advice}")
+
+
 class RunDir:
     """A run directory: ``last.pt`` (end of the latest epoch), ``best.pt``, up to two step
     checkpoints ``step-eEEEE-sSSSSSSS.pt`` (inside epoch ``EEEE``, after ``SSSSSSS`` of its
@@ -349,17 +357,31 @@ class RunDir:
                 f"output directory {self.path} is not writable ({e.strerror or e}); choose another --out"
             ) from None
         held = self.has_checkpoint()
-        if resume == "auto":
-            return held
         if resume and not held:
+            if resume == "auto":
+                self.check_new()
+                return False
             raise FileNotFoundError(f"--resume: no checkpoint in {self.path}; start without --resume (or --resume auto)")
-        if not resume and held:
+        if not resume:
+            self.check_new()
+        return held
+
+    def check_new(self) -> None:
+        """Refuses (one line) a directory a new run would overwrite: a file, a run's checkpoints,
+        or epoch records that no checkpoint continues. Creates nothing."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"output directory {self.path} is a file; choose another --out")
+        if self.has_checkpoint():
             newest = self.last.name if self.last.is_file() else self.step_files()[0][1].name
             raise ValueError(
                 f"{self.path} already holds a run ({newest}); pass --resume (or --resume auto) to continue it or "
                 "choose another --out"
             )
-        return bool(resume)
+        if self.metrics_file.is_file() and self.metrics_file.stat().st_size > 0:
+            raise ValueError(
+                f"{self.path} holds {self.metrics_file.name} with epoch records but no checkpoint to continue them; "
+                "choose another --out, or delete the folder to start over there"
+            )
 
     def open(self, resume: bool | str, d: DistContext) -> bool:
         """:meth:`prepare` on rank 0, its answer (whether the run resumes) on every rank."""
@@ -401,8 +423,7 @@ class RunDir:
                 print(f"note: {'; '.join(damaged)}; resuming from {path.name} instead "
                       f"({describe_position(ckpt)})", flush=True)
             return path, ckpt
-        raise CheckpointError(f"no complete checkpoint left in {self.path} to resume from: {'; '.join(damaged)}; "
-                              "start a new run with another --out")
+        raise NoCheckpointLeft(self.path, damaged)
 
     def kept(self, epoch: int) -> str:
         """What survives a failure now, for error messages."""
@@ -721,7 +742,7 @@ def _restore(task: Task, model: nn.Module, updater: Updater, run: RunDir,
     path = d.broadcast(path)
     ckpt = ckpt if d.main else run.read(path)
     check_same_run(path, task.identity_of(ckpt), task.identity(),
-                   "resume with the same model and data, or choose another --out")
+                   "resume with the same model, data and batch size, or choose another --out")
     updater.restore(ckpt, model)
     start = int(ckpt["epoch"])
     if d.main:

@@ -15,6 +15,7 @@ over real models.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -119,7 +120,8 @@ def _fail(source: str, message: str) -> None:
 
 
 def _as_int(value: Any, source: str, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    # JSON's Infinity and NaN parse as floats: int() of them raises, and names no file or row
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
         _fail(source, f"{what} is {value!r}; expected an integer")
     return int(value)
 

@@ -209,12 +209,21 @@ def _settings(cfg: StudyConfig) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k not in ("jobs", "progress")}
 
 
+#: What a study directory holds (structures/ may be filled by hand beforehand, as the README shows).
+STUDY_FILES = frozenset({"settings.json", "structures", "results", "runs", "study.json", "study.md", "study.png",
+                         "latency.json"})
+
+
 def _prepare(cfg: StudyConfig, out: Path) -> None:
     from .fileio import check_writable_dir
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; choose a directory")
     check_writable_dir(out.parent if not out.exists() else out)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in STUDY_FILES and not p.name.startswith(".")) if out.is_dir() else []
+    if foreign:
+        raise ValueError(f"--out {out} holds files that are not a study's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
     saved = out / "settings.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
@@ -326,6 +335,7 @@ def train_run(payload: dict[str, Any]) -> dict[str, Any]:
     process when the study runs several at once)."""
     from .data import build_data
     from .engine import TrainConfig, evaluate, train
+    from .runs import NoCheckpointLeft
 
     cfg = StudyConfig(**{**payload["config"], "arms": tuple(payload["config"]["arms"])})
     out, arm, seed = Path(payload["out"]), payload["arm"], payload["seed"]
@@ -336,8 +346,12 @@ def train_run(payload: dict[str, Any]) -> dict[str, Any]:
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, wd=cfg.wd, warmup=cfg.warmup,
                             augment=cfg.augment, channels_last=True, seed=seed, tensorboard=False,
                             progress=payload.get("bars", False))
-    result = train(structure, data, train_cfg, run_dir, resume=(run_dir / "last.pt").is_file(),
-                   description=f"{arm} seed {seed}")
+    try:
+        result = train(structure, data, train_cfg, run_dir, resume=(run_dir / "last.pt").is_file(),
+                       description=f"{arm} seed {seed}")
+    except NoCheckpointLeft as e:  # one run is lost, not the study: name the directory to delete
+        raise NoCheckpointLeft(e.path, e.damaged, f"delete {run_dir} and run the study again (only that run is "
+                                                  "trained again)") from None
     final = evaluate(result.model, test.loader("val", 500))
     record = {
         "arm": arm, "seed": seed, "top1": final["top1"], "top5": final["top5"], "test_images": final["images"],

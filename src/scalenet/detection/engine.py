@@ -131,7 +131,7 @@ def evaluate_detector(
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike, annotations: str | os.PathLike, images: str | os.PathLike, *,
     save: str | os.PathLike | None = None, detections: str | os.PathLike | None = None, score_thresh: float = 0.05,
-    batch_size: int = 1, workers: int = 0, progress: bool = True,
+    batch_size: int = 1, workers: int = 0, progress: bool = True, force: bool = True,
 ) -> dict[str, Any] | None:
     """COCO metrics of a ``detect-train`` checkpoint on a COCO-format set, sharded across
     torchrun's ranks. Rank 0 writes the report (``save``, default ``eval-<json name>.json``
@@ -149,9 +149,9 @@ def evaluate_checkpoint(
         )
     save = Path(save) if save else Path(checkpoint).with_name(f"eval-{Path(annotations).stem}.json")
     if d.main:
-        check_output_file(save, "--save", "eval.json")
+        check_output_file(save, "--save", "eval.json", force=force, what="the metrics of an earlier evaluation")
         if detections:
-            check_output_file(Path(detections), "--detections", "detections.json")
+            check_output_file(Path(detections), "--detections", "detections.json", force=force)
     stats, results = evaluate_detector(model.to(d.device), dataset, d.device, batch_size=batch_size, workers=workers,
                                        progress=progress, d=d)
     if not d.main:
@@ -197,13 +197,15 @@ class DetectionTask:
     def identity(self) -> dict[str, Any]:
         s = self.structure
         return {"backbone": (s.rows, s.layers, s.scales), "number of classes": self.dataset.num_classes,
-                "data set": str(self.dataset.annotation_file), "number of training images": len(self.dataset)}
+                "data set": str(self.dataset.annotation_file), "number of training images": len(self.dataset),
+                "batch size": self.cfg.batch_size}
 
     def identity_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any]:
         spec = ckpt["detector"]
         s = Structure.from_json(spec["structure"], source="checkpoint (structure)")
         return {"backbone": (s.rows, s.layers, s.scales), "number of classes": spec["num_classes"],
-                "data set": spec.get("data"), "number of training images": spec.get("train_images")}
+                "data set": spec.get("data"), "number of training images": spec.get("train_images"),
+                "batch size": (spec.get("config") or {}).get("batch_size")}
 
     def checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return {
