@@ -40,24 +40,27 @@ def _name_list(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str, name: str):
+    """An argparse type: ``convert`` the text, refuse (one line) what ``accept`` does not."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):  # NaN fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text if convert is float else value}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer", "positive_int")
+_nonneg_int = _number(int, lambda v: v >= 0, "a whole number, 0 or more", "nonneg_int")
+_fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1", "fraction")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number", "positive_float")
+_nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a finite number, 0 or more", "nonneg_float")
 
 
 def _names(text: str) -> list[str]:
@@ -68,36 +71,6 @@ def _default(config: type, name: str) -> Any:
     """A config dataclass's default for ``name`` (for help texts)."""
     f = {f.name: f for f in dataclasses.fields(config)}[name]
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, 0 or more, got {text!r}") from None
-    if not 0 <= value < float("inf"):  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"expected a finite number, 0 or more, got {text}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {value}")
-    return value
 
 
 def _force_argument(p: argparse.ArgumentParser, what: str) -> None:
