@@ -304,5 +304,6 @@ def test_shard_sampler_starts_inside_an_epoch_and_seeds_each_sample():
     s.set_epoch(4)
     assert s.start == 0 and [i for i, _ in s] != [i for i, _ in full]
     assert s.sample_seed(5) != ShardSampler(20, shuffle=True, seed=4, sample_seeds=True).sample_seed(6)
-    with pytest.raises(ValueError, match="cannot start epoch 4 at sample 11: this shard has 10"):
+    # epochs are counted from 1 in messages (set_epoch takes the 0-based index, as fit passes it)
+    with pytest.raises(ValueError, match="cannot start epoch 5 at sample 11: this process's share of the epoch has 10"):
         s.set_epoch(4, start=11)
