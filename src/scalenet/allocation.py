@@ -596,8 +596,8 @@ def multiple_pool(seed: Structure, multiple: int) -> list[list[int]]:
 
 def round_channels(structure: Structure, seed: Structure, multiple: int, budget: Budget | None = None,
                    num_classes: int = 1000, in_chans: int = 3) -> Structure:
-    """Each branch's neuron count rounded to a multiple of ``multiple`` (0 allowed; every block
-    keeps at least one branch), within the seed's capacity.
+    """Each branch's neuron count rounded to a multiple of ``multiple`` (a branch may round to 0;
+    every block keeps at least one branch), within the seed's capacity.
 
     Each block's total is rounded to the nearest multiple and split by largest remainders;
     under a target budget (MACs, latency) the counts are then moved by ``multiple`` neurons,
