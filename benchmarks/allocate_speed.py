@@ -25,7 +25,7 @@ import torch
 from scalenet import Structure
 from scalenet.agreement import Chance, block_counts, shares, stage_counts, tv
 from scalenet.allocation import DEFAULT_COMBINE, DEFAULT_REPEATS, seed_structure
-from scalenet.bench import device_name, device_slug
+from scalenet.devices import device_name, device_slug
 from scalenet.fileio import atomic_write_text
 
 # the demo's seed recipe (scalenet demo --profile quick); everything else is allocate's default

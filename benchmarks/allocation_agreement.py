@@ -186,7 +186,7 @@ def main() -> None:
         for r, s in todo:
             train_one(r, s)
             print(f"trained {r} seed {s}", flush=True)
-    from scalenet.bench import device_name, device_slug
+    from scalenet.devices import device_name, device_slug
     from scalenet.fileio import atomic_write_text
 
     result = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "jobs": args.jobs,

@@ -24,7 +24,7 @@ import torchvision
 from torch.profiler import ProfilerActivity, profile
 
 from scalenet import create_model, fuse
-from scalenet.bench import device_name, device_slug
+from scalenet.devices import device_name, device_slug
 from scalenet.fileio import atomic_write_text
 
 

@@ -36,7 +36,7 @@ import torchvision
 from torch import nn
 
 from scalenet import create_model, fuse
-from scalenet.bench import device_name, device_slug
+from scalenet.devices import device_name, device_slug
 from scalenet.fuse import FusedSABottleneck
 from scalenet.models.scalenet import branch_input, replicates, upsample_to
 from scalenet.timing import interleaved, summarize

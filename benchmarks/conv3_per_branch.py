@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from scalenet import create_model, fuse
-from scalenet.bench import device_name
+from scalenet.devices import device_name
 from scalenet.timing import interleaved, summarize
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalenet.bench import device_name, device_slug
+from scalenet.devices import device_name, device_slug
 from scalenet.data import DECODERS, build_data
 from scalenet.fileio import atomic_write_text
 

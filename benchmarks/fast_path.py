@@ -30,7 +30,8 @@ from torch import nn
 
 import scalenet.models.scalenet as sa
 from scalenet import create_model
-from scalenet.bench import device_name, device_slug, peak_step_memory_mb
+from scalenet.bench import peak_step_memory_mb
+from scalenet.devices import device_name, device_slug
 from scalenet.fileio import atomic_write_text
 from scalenet.timing import interleaved, summarize
 

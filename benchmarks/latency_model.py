@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from scalenet import Structure
-from scalenet.bench import device_slug
+from scalenet.devices import device_slug
 from scalenet.fileio import atomic_write_text
 from scalenet.latency import current_settings, measure_latency_model, prediction_errors
 

@@ -67,7 +67,7 @@ def test_compile_freezes_inference_only(monkeypatch, train):
 
 
 def test_result_files_are_named_after_the_device(tmp_path):
-    from scalenet.bench import device_slug
+    from scalenet.devices import device_slug
 
     assert device_slug("AMD EPYC (2 threads)") == "amd-epyc-2-threads"
     assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"

@@ -851,6 +851,13 @@ def load_runs(path: str | os.PathLike) -> tuple[list[SeedRun], Structure, dict[s
     return runs, seed, settings
 
 
+def latency_model_for(model, seed: Structure, progress: bool = True):
+    """:func:`scalenet.latency.latency_model_for` (kept importable from here)."""
+    from .latency import latency_model_for as resolve
+
+    return resolve(model, seed, progress)
+
+
 def default_layout(image_size: int) -> dict[str, Any]:
     """Sensible defaults by image size: the small stem and three 1-block stages at 64 px or less,
     else the ImageNet stem and the ResNet-50 layout."""
@@ -917,6 +924,8 @@ def allocate(
     )
     none = width_mult is None and macs is None and latency_ms is None
     if latency_ms is not None:
+        from .latency import latency_model_for
+
         latency_model = latency_model_for(latency_model, seed, progress=train_config is None or train_config.progress)
     budget = budget_from(1.0 if none else width_mult, macs, latency_ms, latency_model)
     budget.check(budget.costs(seed, data.num_classes, data.in_chans))  # fail before training
@@ -946,18 +955,6 @@ def allocate(
     runs = [SeedRun(p["cfg"].seed, scores, seed, metrics) for p, (scores, metrics) in zip(payloads, trained)]
     return select_runs(runs, seed, budget, settings, scope=scope, combine=combine, alpha=alpha,
                        multiple_of=multiple_of, name=name)
-
-
-def latency_model_for(model, seed: Structure, progress: bool = True):
-    """``model`` as a LatencyModel for ``seed``'s layout: given, or (``LatencySettings``) the
-    cached one for those settings, measured when missing."""
-    from .latency import LatencySettings, cached_model
-
-    if isinstance(model, LatencySettings):
-        return cached_model(seed, model, progress=progress)
-    if model is not None:
-        model.check_structure(seed)
-    return model
 
 
 def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, settings: dict[str, Any], *, scope: str = "block",

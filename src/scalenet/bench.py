@@ -10,7 +10,6 @@ alike. Reported: MACs, params, median and min latency, the ratio to ResNet-50, a
 from __future__ import annotations
 
 import json
-import platform
 import re
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .devices import device_name, device_slug  # noqa: F401 (re-exported: scalenet.bench names them)
 from .factory import create_model
 from .fileio import atomic_write_text
 from .fuse import fuse
@@ -53,23 +53,6 @@ def peer_models(train: bool = False) -> dict[str, Callable[[], nn.Module]]:
         peers["scalenet50 (fused)"] = lambda: fuse(create_model("scalenet50"))
         peers["scalenet50_light (fused)"] = lambda: fuse(create_model("scalenet50_light"))
     return peers
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def device_slug(name: str) -> str:
-    """A device name as a file-name part: ``AMD EPYC (2 threads)`` -> ``amd-epyc-2-threads``."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _count(model: nn.Module, image_size: int) -> tuple[int, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -131,7 +130,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .factory import resolve_structure
     from .structure import format_summary
 
-    from .models.scalenet import check_memory
+    from .devices import check_memory
 
     structure = resolve_structure(args.model, layers=args.layers)
     latency = _latency_rows(args, structure) if args.latency else None
@@ -289,11 +288,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
     from .factory import resolve_structure
+    from .runs import is_main_process
 
     structure = resolve_structure(args.model, layers=args.layers)
     cfg = _train_config(args)
     result = train(structure, _data(args, cfg.seed), cfg, args.out, resume=args.resume)
-    if result.metrics and int(os.environ.get("RANK", "0")) == 0:
+    if result.metrics and is_main_process():
         best = max(result.metrics, key=lambda r: r["val_top1"])
         print(
             f"{structure.name or 'model'}: val top-1 {100 * result.final['val_top1']:.2f}% after epoch "
@@ -474,21 +474,17 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 def _latency_budget_model(args: argparse.Namespace, image_size: int):
     """What the latency budget is predicted with: the --latency-model file checked against the
     wanted settings, or those settings (the cached model is then found for the seed's layout)."""
-    from .latency import LatencyModel, current_settings
+    from .latency import current_settings, requested_model
 
     if args.latency_ms is None:
         return None
     wanted = current_settings(args.latency_device, args.latency_threads, args.latency_batch_size,
                               args.latency_image_size or image_size, args.latency_compile, option="--latency-device")
-    if args.latency_model is None:
-        return wanted
-    model = LatencyModel.load(args.latency_model)
-    model.check(wanted, args.latency_model)
-    return model
+    return requested_model(args.latency_model, wanted)
 
 
 def _resolve_latency(latency, seed, args: argparse.Namespace):
-    from .allocation import latency_model_for
+    from .latency import latency_model_for
 
     return latency_model_for(latency, seed, progress=not args.no_progress) if latency is not None else None
 
@@ -689,6 +685,7 @@ def add_detect_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_detect_train(args: argparse.Namespace) -> int:
     from .detection import CocoDetection, DetectConfig, train_detector
+    from .runs import is_main_process
 
     lr_steps = {"lr_steps": tuple(args.lr_steps)} if args.lr_steps is not None else {}
     cfg = _config(DetectConfig, args, _DETECT_OPTIONS, amp=args.amp, progress=not args.no_progress, **lr_steps)
@@ -699,7 +696,7 @@ def cmd_detect_train(args: argparse.Namespace) -> int:
     dataset = CocoDetection(args.coco_json, args.images, train=True)
     val = CocoDetection(args.val_json, args.val_images) if args.val_json else None
     _, metrics = train_detector(dataset, cfg, args.out, resume=args.resume, val_dataset=val)
-    if metrics and int(os.environ.get("RANK", "0")) == 0:
+    if metrics and is_main_process():
         last = metrics[-1]
         ap = f", val AP {100 * last['val_AP']:.1f}" if "val_AP" in last else ""
         print(f"faster-rcnn {cfg.backbone}: loss {last['loss']:.4f} after epoch {last['epoch']}{ap}; run in {args.out}")
@@ -802,7 +799,7 @@ def given_options(argv: Sequence[str] | None) -> frozenset[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runs import Preempted, TrainingError
+    from .runs import Preempted, TrainingError, is_main_process
 
     args = build_parser().parse_args(argv)
     args.given = given_options(argv)
@@ -811,7 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_process_group()
         return code
     except Preempted as e:  # SIGTERM: the position is saved; torchrun or the scheduler restarts the command
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_main_process():
             print(f"scalenet: {e}", file=sys.stderr)
         _close_process_group()  # every rank stopped at the same step
         return e.exit_code

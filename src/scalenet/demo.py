@@ -23,7 +23,7 @@ import torch
 
 from .agreement import format_agreement
 from .allocation import DEFAULT_REPEATS, allocate, format_stage_summary, seed_structure
-from .bench import device_name
+from .devices import device_name
 from .data import build_data
 from .engine import TrainConfig, evaluate, model_from_checkpoint, train
 from .fileio import atomic_write_text

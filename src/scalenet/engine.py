@@ -20,13 +20,14 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.utils import random_seed
 
 from .checkpoint import CheckpointError, read_state_dict
 from .data import BUILTIN, DataSpec, build_data
 from .factory import create_model
 from .models.scalenet import checkpoint_filter_fn
 from .runs import (
-    DEFAULT_SAVE_EVERY, DistContext, RunDir, TrainingError, Updater, autocast, batches, fit, seed_all, setup_distributed,
+    DEFAULT_SAVE_EVERY, DistContext, RunDir, TrainingError, Updater, autocast, batches, fit, setup_distributed,
 )
 from .structure import Structure
 
@@ -287,7 +288,7 @@ def train(
     run = RunDir(run_dir, CHECKPOINT_FORMAT) if run_dir is not None else None
     resume = run.open(resume, d) if run is not None else False
 
-    seed_all(cfg.seed)
+    random_seed(cfg.seed)  # torch, NumPy and Python's generators (timm.utils)
     model = create_model(structure, num_classes=data.num_classes, in_chans=data.in_chans)
     if cfg.init is not None and not resume:
         start_from(model, cfg.init, data.num_classes, announce=d.main)

@@ -37,7 +37,8 @@ from .fileio import atomic_write_text, cache_root, read_json
 from .structure import BlockSpec, Structure
 
 __all__ = ["LatencySettings", "StageCost", "LatencyModel", "measure_latency_model", "time_networks",
-           "prediction_errors", "current_settings", "cache_path", "reference_for", "cached_model"]
+           "prediction_errors", "current_settings", "cache_path", "reference_for", "cached_model", "requested_model",
+           "latency_model_for"]
 
 FORMAT = "scalenet-latency"
 
@@ -64,7 +65,7 @@ def current_settings(device: str = "cpu", threads: int | None = None, batch_size
                      compile: bool = False, option: str = "--device") -> LatencySettings:
     """The settings of this machine for ``device``; raises one clear line (naming ``option``)
     for CUDA without a GPU."""
-    from .bench import device_name
+    from .devices import device_name
 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"{option} must be cpu or cuda, got {device!r}")
@@ -337,7 +338,7 @@ def cache_dir() -> Path:
 def cache_path(settings: LatencySettings, layout: Structure) -> Path:
     """The cached model's file, named by the device, the settings and the layout, e.g.
     ``amd-epyc-2t-b16-224px-eager-imagenet-w64-4stages-s1.2.4.7.json``."""
-    from .bench import device_slug
+    from .devices import device_slug
 
     where = device_slug(settings.device_name) + (f"-{settings.threads}t" if settings.threads else "")
     mode = "compiled" if settings.compile else "eager"
@@ -374,4 +375,25 @@ def cached_model(layout: Structure, settings: LatencySettings, *, progress: bool
     model = measure_latency_model(reference_for(layout), settings, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
+    return model
+
+
+def requested_model(path: str | os.PathLike | None, wanted: LatencySettings) -> "LatencyModel | LatencySettings":
+    """What a latency budget is predicted with: the cost model in ``path``, checked against the
+    ``wanted`` settings, or (no file) those settings, whose cached model
+    :func:`latency_model_for` finds for the seed's layout."""
+    if path is None:
+        return wanted
+    model = LatencyModel.load(path)
+    model.check(wanted, path)
+    return model
+
+
+def latency_model_for(model, seed, progress: bool = True):
+    """``model`` as a LatencyModel for ``seed``'s layout: given (checked against the layout), or
+    (``LatencySettings``) the cached one for those settings, measured when missing."""
+    if isinstance(model, LatencySettings):
+        return cached_model(seed, model, progress=progress)
+    if model is not None:
+        model.check_structure(seed)
     return model

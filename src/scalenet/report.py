@@ -10,13 +10,14 @@ from typing import Any, Mapping, Sequence
 from .fileio import atomic_write
 from .structure import Structure
 
-__all__ = ["plot_allocation", "plot_curves"]
+__all__ = ["plot_allocation", "plot_curves", "save_figure"]
 
 # one colour per scale, fine to coarse
 SCALE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Writes a matplotlib figure as a PNG, atomically, and closes it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -57,7 +58,7 @@ def plot_allocation(structure: Structure, path: str | os.PathLike, title: str | 
     if runs:
         _plot_spread(spread, structure, runs)
         fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _block_axis(ax, structure: Structure, specs: list) -> None:
@@ -109,4 +110,4 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.
     ax_acc.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

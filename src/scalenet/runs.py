@@ -48,8 +48,6 @@ __all__ = [
     "describe_position",
     "batches",
     "fit",
-    "seed_all",
-    "unwrap",
     "autocast",
     "progress_bar",
     "format_rate",
@@ -154,6 +152,12 @@ class DistContext:
         return torch.compile(net) if compile else net
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch (or not launched by torchrun at all),
+    from the environment alone: for code that prints after the process group is gone."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_distributed() -> DistContext:
     """Reads torchrun's environment; starts the process group when there is more than one rank."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -185,19 +189,6 @@ def _attempt_store(rank: int, world_size: int, attempt: int) -> dist.Store:
     store = dist.TCPStore(host, port, world_size, is_master=not agent_hosts_it and rank == 0,
                           timeout=dist.constants.default_pg_timeout, multi_tenant=True)
     return dist.PrefixStore(f"scalenet/attempt-{attempt}", store)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP and torch.compile wrappers."""
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-def seed_all(seed: int) -> None:
-    """Seeds torch, Python's and NumPy's generators (a run's starting point)."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def autocast(device: torch.device, enabled: bool):

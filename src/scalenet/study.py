@@ -479,7 +479,7 @@ def plot_study(report: dict[str, Any], path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _save
+    from .report import save_figure
 
     arms = list(report["arms"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw=dict(width_ratios=[1.2, 1]))
@@ -506,4 +506,4 @@ def plot_study(report: dict[str, Any], path: str | os.PathLike) -> Path:
     matched = f"{lat['target_ms']:.2f} ms predicted" if lat else f"{report['target_macs'] / 1e6:.2f} M MACs"
     fig.suptitle(f"{report['settings']['data']}: arms at {matched}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -19,12 +19,13 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 from torch import nn
+from timm.utils import random_seed, unwrap_model
 
 from ..checkpoint import CheckpointError, read_state_dict
 from ..factory import resolve_structure
 from ..fileio import atomic_write_text, check_output_file
 from ..runs import (
-    DEFAULT_SAVE_EVERY, DistContext, RunDir, Updater, fit, progress_bar, seed_all, setup_distributed, unwrap,
+    DEFAULT_SAVE_EVERY, DistContext, RunDir, Updater, fit, progress_bar, setup_distributed,
 )
 from ..structure import Structure
 from .data import CocoDetection, detection_loader
@@ -113,7 +114,7 @@ def evaluate_detector(
     d = d or DistContext(device=device)
     loader = detection_loader(dataset, batch_size, shuffle=False, workers=workers, rank=d.rank, world_size=d.world_size)
     bar = (lambda it: progress_bar(it, len(loader), "evaluating", True)) if progress and d.main else None
-    results, skipped = predict(unwrap(model), loader, device, progress=bar)
+    results, skipped = predict(unwrap_model(model), loader, device, progress=bar)
     if d.enabled:
         gathered: list[Any] = [None] * d.world_size
         dist.all_gather_object(gathered, (results, skipped))
@@ -234,7 +235,7 @@ def train_detector(
     run = RunDir(run_dir, CHECKPOINT_FORMAT)
     structure = resolve_structure(cfg.backbone)
     resume = run.open(resume, d)
-    seed_all(cfg.seed)
+    random_seed(cfg.seed)  # torch, NumPy and Python's generators (timm.utils)
     model = _build(structure, dataset.num_classes, cfg, with_weights=not resume).to(d.device)
     if d.main:
         _notes(dataset, cfg, resume)

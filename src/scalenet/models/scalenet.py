@@ -20,13 +20,14 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier
 from timm.models import register_notrace_module  # timm.layers has it only from 1.0.17
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, clean_state_dict, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from ..devices import available_memory, check_memory  # noqa: F401 (re-exported)
 from ..structure import STEMS, BlockSpec, Structure, published_names
 
 __all__ = [
-    "SABottleneck", "ScaleNet", "check_memory", "available_memory", "branch_input", "upsample_to", "replicates", "replicated_bn", "checkpoint_filter_fn",
+    "SABottleneck", "ScaleNet", "branch_input", "upsample_to", "replicates", "replicated_bn", "checkpoint_filter_fn",
     "Upsampling", "FULL", "NEAREST", "BILINEAR",
 ]
 
@@ -93,39 +94,6 @@ def branch_input(x: torch.Tensor, pooled: Dict[int, torch.Tensor], scale: int) -
         kernel = [min(scale, h), min(scale, w)]
         p = F.max_pool2d(x, kernel, kernel)
     return p, Upsampling.NEAREST if replicates([p.shape[-2], p.shape[-1]], [h, w]) else Upsampling.BILINEAR
-
-
-def available_memory(device: torch.device | str | None = None) -> int | None:
-    """Bytes free for tensors on ``device``: the CUDA allocator's free memory, or the system's
-    available memory on CPU (Linux ``MemAvailable``); None where it cannot be read."""
-    device = torch.device(device if device is not None else "cpu")
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(structure: Structure, num_classes: int = 1000, in_chans: int = 3, device=None, dtype=None) -> None:
-    """Raises one clear line, before anything is allocated, when the model's weights alone
-    would not fit in the memory available on ``device``."""
-    if device is not None and torch.device(device).type == "meta":
-        return
-    params = structure.params(num_classes, in_chans)
-    needed = params * torch.empty((), dtype=dtype or torch.get_default_dtype(), device="meta").element_size()
-    free = available_memory(device)
-    if free is not None and needed > free:
-        raise ValueError(
-            f"{structure.name or structure.source}: {params:,} parameters need {needed / 2**30:,.1f} GiB for the "
-            f"weights alone, but {free / 2**30:,.1f} GiB of memory are available; check the structure's channel counts"
-        )
 
 
 @register_notrace_module  # torch.fx: the branches' pooling and upsampling depend on the input's size
@@ -469,13 +437,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = N
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]
             break
-    out = {}
-    for k, v in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
+    return clean_state_dict(state_dict)  # module. and _orig_mod., wrapped in either order
 
 
 def pretrained_cfg_for(structure: Structure, in_chans: int = 3, **overrides: Any) -> dict[str, Any]:
