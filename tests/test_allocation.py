@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +18,11 @@ from scalenet.allocation import (
     budget_from,
     combine_mean,
     combine_union,
+    load_runs,
     minimum_macs,
     seed_structure,
     select,
+    select_runs,
 )
 from scalenet.cli import main
 from scalenet.data import DataSpec, TensorData
@@ -300,3 +303,28 @@ def test_cli_bad_data(tmp_path, capsys, setup, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "s.json").exists()
+
+
+def test_the_committed_allocations_are_selected_again_identically_from_their_sidecars():
+    # alpha moved from scoring to selection (one meaning under every budget): the demo's and the
+    # studies' allocations, selected again with their recorded settings, are unchanged
+    from scalenet.latency import LatencyModel
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    latency_model = LatencyModel.load(results / "latency-model-fashion-amd-epyc-2-threads-b256.json")
+    cases = [(results / "demo-quick-cpu" / "scalenet.scores.json", results / "demo-quick-cpu" / "scalenet.json")]
+    for study in ("width05", "width1", "latency"):
+        d = results / f"study-fashion-mnist-{study}" / "structures"
+        cases.append((d / "learned.scores.json", d / "learned.json"))
+    d = results / "study-fashion-mnist-latency" / "structures"
+    cases.append((d / "learned.scores.json", d / "latency.json"))  # the latency arm: the same seeds, alpha 1
+    for sidecar, structure in cases:
+        committed = Structure.load(structure)
+        recorded = committed.meta["allocation"]
+        runs, seed, settings = load_runs(sidecar)
+        model = latency_model if recorded.get("latency_ms") else None
+        budget = budget_from(recorded.get("width_mult"), recorded.get("macs_target"), recorded.get("latency_ms"), model)
+        again = select_runs(runs, seed, budget, settings, scope=recorded["scope"], combine=recorded["combine"],
+                            alpha=recorded["alpha"], multiple_of=recorded.get("multiple_of"))
+        assert again.structure.rows == committed.rows, structure
+    assert json.loads((d / "latency.json").read_text())["meta"]["allocation"]["alpha"] == 1.0
