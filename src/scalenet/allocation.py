@@ -32,6 +32,7 @@ from typing import Any, Callable, Protocol, Sequence, Union
 import torch
 from torch import nn
 
+from .latency import latency_model_for  # noqa: F401 (resolves a latency budget's model; importable from here)
 from .structure import Structure
 
 __all__ = [
@@ -122,6 +123,16 @@ NORMALIZERS: dict[str | None, Callable[[list[float]], float] | None] = {
 }
 
 
+def normalize(scores: list[list[float]], normalizer: str | None) -> list[list[float]]:
+    """One block's scores divided by the ``normalizer``'s figure of them (:data:`NORMALIZERS`;
+    ``None``: unchanged)."""
+    norm = NORMALIZERS[normalizer]
+    if norm is None:
+        return scores
+    figure = norm([v for row in scores for v in row]) or 1.0
+    return [[v / figure for v in row] for row in scores]
+
+
 @dataclass
 class BNScale:
     """|gamma| of each neuron's branch BN, divided by ``cost ** alpha`` (the paper: alpha = 0),
@@ -138,7 +149,6 @@ class BNScale:
         from .models.scalenet import SABottleneck
 
         blocks = [m for m in model.modules() if isinstance(m, SABottleneck)]
-        norm = NORMALIZERS[self.normalizer]
         out = []
         for spec, block in zip(structure.blocks(), blocks):
             costs = structure.neuron_macs(spec, structure.stage_sides(image_size)[spec.stage])
@@ -146,10 +156,7 @@ class BNScale:
             for i, c in enumerate(spec.channels):
                 gamma = block.bn2[str(i)].weight.detach().abs().double().cpu() if c else torch.zeros(0)
                 scores.append((gamma / (costs[i] ** self.alpha)).tolist())
-            if norm is not None:
-                figure = norm([v for row in scores for v in row]) or 1.0
-                scores = [[v / figure for v in row] for row in scores]
-            out.append(BlockScores(spec.name, scores, costs))
+            out.append(BlockScores(spec.name, normalize(scores, self.normalizer), costs))
         return out
 
 
@@ -573,12 +580,10 @@ def unweigh(scores: list[BlockScores], alpha: float, normalizer: str | None) -> 
     moved to the selection), multiplied back and normalised again: the unweighted scores."""
     if not alpha:
         return list(scores)
-    norm = NORMALIZERS[normalizer]
     out = []
     for block in scores:
         rows = [[v * c**alpha for v in row] for row, c in zip(block.scores, block.costs)]
-        figure = (norm([v for row in rows for v in row]) or 1.0) if norm is not None else 1.0
-        out.append(dataclasses.replace(block, scores=[[v / figure for v in row] for row in rows]))
+        out.append(dataclasses.replace(block, scores=normalize(rows, normalizer)))
     return out
 
 
@@ -851,13 +856,6 @@ def load_runs(path: str | os.PathLike) -> tuple[list[SeedRun], Structure, dict[s
     return runs, seed, settings
 
 
-def latency_model_for(model, seed: Structure, progress: bool = True):
-    """:func:`scalenet.latency.latency_model_for` (kept importable from here)."""
-    from .latency import latency_model_for as resolve
-
-    return resolve(model, seed, progress)
-
-
 def default_layout(image_size: int) -> dict[str, Any]:
     """Sensible defaults by image size: the small stem and three 1-block stages at 64 px or less,
     else the ImageNet stem and the ResNet-50 layout."""
@@ -924,8 +922,6 @@ def allocate(
     )
     none = width_mult is None and macs is None and latency_ms is None
     if latency_ms is not None:
-        from .latency import latency_model_for
-
         latency_model = latency_model_for(latency_model, seed, progress=train_config is None or train_config.progress)
     budget = budget_from(1.0 if none else width_mult, macs, latency_ms, latency_model)
     budget.check(budget.costs(seed, data.num_classes, data.in_chans))  # fail before training
@@ -974,7 +970,6 @@ def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, settings: 
     budget.check(costs)
     if multiple_of is not None:
         multiple_pool(seed, multiple_of)  # a bad --multiple-of fails before any selection
-    alpha = check_alpha(alpha)
     if settings.get("importance_alpha"):
         raise ValueError("select_runs needs unweighted scores (load_runs unweighs older sidecars' scores)")
     weighed = [weigh_by_cost(r.scores, costs, alpha) for r in runs]  # the one meaning of alpha, for every budget

@@ -270,14 +270,11 @@ def check_results_free(out_dir: str | Path, *, device: str, train: bool, batch_s
                            force)
 
 
-def save_results(result: dict[str, Any], out_dir: str | Path, force: bool = True) -> tuple[Path, Path]:
+def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Writes the results (``check_results_free`` refuses earlier ones before the work)."""
     js, md = result_paths(out_dir, result["device"], result["mode"], result["batch_size"], result["compile"],
                           bool(result.get("cuda_graphs")), result.get("precision"))
     js.parent.mkdir(parents=True, exist_ok=True)
-    if not force:
-        from .fileio import check_output_files
-
-        check_output_files({js: "results", md: "results"}, "--out-dir", "results", False)
     atomic_write_text(js, json.dumps(result, indent=2) + "\n")
     atomic_write_text(md, format_table(result) + "\n")
     return js, md

@@ -127,7 +127,8 @@ def _not_a_checkpoint(path: Path, error: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, and what the file is. torch's own
     message advises ``weights_only=False``, which would run whatever code the file holds: it is
     never passed on."""
-    head = path.read_bytes()[:4096]
+    with open(path, "rb") as f:  # the head only: a damaged checkpoint may be hundreds of MB
+        head = f.read(4096)
     what = "it is not a PyTorch checkpoint or weight file (.pt/.pth, .safetensors)"
     if head.lstrip()[:1] in (b"{", b"["):
         import json

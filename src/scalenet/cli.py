@@ -640,7 +640,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compile=args.compile, train=args.train, channels_last=not args.channels_first, onnx=not args.no_onnx,
         models=args.models, progress=not args.json, cuda_graphs=args.cuda_graphs, precision=args.precision,
     )
-    js, md = save_results(result, args.out_dir, force=args.force)
+    js, md = save_results(result, args.out_dir)
     print(json.dumps(result) if args.json else f"{format_table(result)}\n\nwritten: {js}, {md}")
     return 0
 
