@@ -52,7 +52,7 @@ def train_one(recipe: str, seed: int) -> Path:
     """Trains one seed network and writes its per-epoch scores (a cache file)."""
     from scalenet.allocation import BNScale, BNScaleL1, seed_structure
     from scalenet.data import build_data
-    from scalenet.engine import TrainConfig, train
+    from scalenet.training import TrainConfig, train
     from scalenet.fileio import atomic_write_text
 
     out = CACHE / f"{recipe}-seed{seed}.json"
@@ -88,7 +88,7 @@ def analyse(recipe: str, runs: list[dict], pairs: int) -> dict:
     costs = [seed.neuron_macs(spec) for spec in seed.blocks()]
     budget = WidthBudget(1.0)
     final = [[BlockScores(spec.name, s, c) for spec, s, c in zip(seed.blocks(), r["epochs"][-1], costs)] for r in runs]
-    single = [select(f, seed, budget, num_classes=10, in_chans=1)[0] for f in final]
+    single = [select(f, budget.bind(seed, 10, 1))[0] for f in final]
     kept = [sum(row[:-1]) for row in single[0].rows]
     chance = Chance(seed, kept, draws=4000).stage_tv()
     stability = []
@@ -98,7 +98,7 @@ def analyse(recipe: str, runs: list[dict], pairs: int) -> dict:
 
     def combined(group: list[int], how: str):
         if how == "union":
-            return select(combine_union([final[i] for i in group]), seed, budget, num_classes=10, in_chans=1)[0]
+            return select(combine_union([final[i] for i in group]), budget.bind(seed, 10, 1))[0]
         return combine_mean([single[i] for i in group], seed)
 
     rng = random.Random(0)

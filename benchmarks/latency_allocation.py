@@ -30,7 +30,7 @@ import torch
 import torchvision
 
 from scalenet import Structure
-from scalenet.allocation import LatencyBudget, MacsBudget, load_runs, select_runs
+from scalenet.allocation import LatencyBudget, MacsBudget, Selection, load_runs, select_runs
 from scalenet.bench import _count, _fold_bn, device_slug
 from scalenet.factory import create_model
 from scalenet.fileio import atomic_write_text
@@ -49,7 +49,8 @@ def at_macs(runs, seed, settings, model: LatencyModel, macs: int, multiple_of: i
     for _ in range(18):
         mid = (lo + hi) / 2
         try:
-            s = select_runs(runs, seed, LatencyBudget(mid, model), settings, alpha=alpha, multiple_of=multiple_of).structure
+            s = select_runs(runs, seed, LatencyBudget(mid, model), settings,
+                            Selection(alpha=alpha, multiple_of=multiple_of)).structure
         except ValueError:
             lo = mid
             continue
@@ -115,7 +116,7 @@ def main() -> None:
         "latency-aware (a=0) @ ResNet-50 compiled latency": select_runs(
             runs, seed, LatencyBudget(t_resnet, compiled), settings).structure,
         f"latency-aware (a={alpha:g}) @ ResNet-50 compiled latency": select_runs(
-            runs, seed, LatencyBudget(t_resnet, compiled), settings, alpha=alpha).structure,
+            runs, seed, LatencyBudget(t_resnet, compiled), settings, Selection(alpha=alpha)).structure,
     }
     builders = {name: (lambda s=s: fuse(create_model(s))) for name, s in sel.items()}
     # round B: everything compiled (the references reuse their compiled graphs), then everything eager

@@ -23,10 +23,11 @@ from scalenet.allocation import (
     seed_structure,
     select,
     select_runs,
+    Selection,
 )
 from scalenet.cli import main
 from scalenet.data import DataSpec, TensorData
-from scalenet.engine import TrainConfig, train
+from scalenet.training import TrainConfig, train
 
 from helpers import make_image_folder
 
@@ -55,7 +56,7 @@ def test_seed_is_uniform_and_abundant(seed):
 def test_costs_make_macs_linear_in_the_neurons(seed):
     scores = random_scores(seed)
     for mult in (0.25, 0.6, 1.0, 1.7):
-        structure, kept = select(scores, seed, WidthBudget(mult), num_classes=10)
+        structure, kept = select(scores, WidthBudget(mult).bind(seed, 10))
         assert [sum(r[:-1]) for r in structure.rows] == [max(1, round(mult * p)) for p in (8, 8, 16, 16, 32, 32)]
         assert [sum(map(len, k)) for k in kept] == [sum(r[:-1]) for r in structure.rows]
 
@@ -66,14 +67,14 @@ def test_macs_target_is_met_within_one_percent(seed, scope, fraction):
     scores = random_scores(seed, 1)
     lowest, highest = minimum_macs(seed, 10, 1), seed.macs(None, 10, 1)
     target = int(lowest + fraction * (highest - lowest))
-    structure, _ = select(scores, seed, MacsBudget(target), scope=scope, num_classes=10, in_chans=1)
+    structure, _ = select(scores, MacsBudget(target).bind(seed, 10, 1), scope=scope)
     assert abs(structure.macs(None, 10, 1) - target) <= 0.01 * target
     assert all(sum(r[:-1]) >= 1 for r in structure.rows)
 
 
 def test_kept_neurons_are_the_top_scores_of_each_block(seed):
     scores = random_scores(seed, 2)
-    _, kept = select(scores, seed, WidthBudget(0.5), num_classes=10)
+    _, kept = select(scores, WidthBudget(0.5).bind(seed, 10))
     for b, per_scale in zip(scores, kept):
         kept_scores = sorted((b.scores[i][j] for i, js in enumerate(per_scale) for j in js), reverse=True)
         all_scores = sorted((s for row in b.scores for s in row), reverse=True)
@@ -84,8 +85,8 @@ def test_global_scope_moves_neurons_between_blocks(seed):
     scores = random_scores(seed, 3)
     # block 0: one strong neuron, the rest negligible -> global ranking keeps few of them
     scores[0].scores = [[1.0] + [1e-3] * 7, [1e-3] * 8, [1e-3] * 8, [1e-3] * 8]
-    block, _ = select(scores, seed, WidthBudget(1.0), scope="block", num_classes=10)
-    glob, _ = select(scores, seed, WidthBudget(1.0), scope="global", num_classes=10)
+    block, _ = select(scores, WidthBudget(1.0).bind(seed, 10), scope="block")
+    glob, _ = select(scores, WidthBudget(1.0).bind(seed, 10), scope="global")
     assert sum(block.rows[0][:-1]) == 8
     assert sum(glob.rows[0][:-1]) < 8
     assert sum(sum(r[:-1]) for r in glob.rows) == sum(sum(r[:-1]) for r in block.rows)
@@ -95,9 +96,9 @@ def test_impossible_budgets(seed):
     scores = random_scores(seed)
     lowest = minimum_macs(seed, 10, 1)
     with pytest.raises(ValueError, match="impossible budget: --macs .* is below the minimum"):
-        select(scores, seed, MacsBudget(lowest - 1), num_classes=10, in_chans=1)
+        select(scores, MacsBudget(lowest - 1).bind(seed, 10, 1))
     with pytest.raises(ValueError, match="above the seed network"):
-        select(scores, seed, MacsBudget(seed.macs(None, 10, 1) * 2), num_classes=10, in_chans=1)
+        select(scores, MacsBudget(seed.macs(None, 10, 1) * 2).bind(seed, 10, 1))
     with pytest.raises(ValueError, match="exactly one budget"):
         budget_from()
     with pytest.raises(ValueError, match="exactly one budget"):
@@ -109,8 +110,8 @@ def test_impossible_budgets(seed):
 def test_importance_is_swappable_and_alpha_prefers_cheap_neurons():
     seed = seed_structure((1,), stem="small", width=4, image_size=16)
     model = scalenet.create_model(seed, num_classes=2)  # every BN gamma is 1 at init: a tie everywhere
-    by_gamma = select(BNScale(0.0)(model, seed, 16), seed, WidthBudget(1.0))[0]
-    by_cost = select(BNScale(1.0)(model, seed, 16), seed, WidthBudget(1.0))[0]
+    by_gamma = select(BNScale(0.0)(model, seed, 16), WidthBudget(1.0).bind(seed))[0]
+    by_cost = select(BNScale(1.0)(model, seed, 16), WidthBudget(1.0).bind(seed))[0]
     assert by_gamma.rows[0][:-1] == (4, 0, 0, 0)  # ties go to the finer scale
     assert by_cost.rows[0][:-1] == (0, 0, 0, 4)  # x7 neurons cost least
 
@@ -119,7 +120,7 @@ def test_importance_is_swappable_and_alpha_prefers_cheap_neurons():
             return [BlockScores(s.name, [[float(i == 1)] * c for i, c in enumerate(s.channels)], structure.neuron_macs(s))
                     for s in structure.blocks()]
 
-    assert select(PreferX2()(model, seed, 16), seed, WidthBudget(1.0))[0].rows[0][:-1] == (0, 4, 0, 0)
+    assert select(PreferX2()(model, seed, 16), WidthBudget(1.0).bind(seed))[0].rows[0][:-1] == (0, 4, 0, 0)
 
 
 def test_normalizer_is_an_option_of_the_importance(seed):
@@ -163,14 +164,14 @@ def test_repeats_combine_runs_at_the_level_of_scales():
     # union: pool each scale over the runs, the j-th combined neuron is the 2(j+1)-th best of the pool
     assert combine_union([a, b])[0].scores == [[0.9, 0.1], [0.95, 0.4]]
     # keeping k=2 of the combination = keeping the union's top 4 (x1: 1.0, 0.9; x2: 1.0, 0.95) halved
-    assert select(combine_union([a, b]), seed, WidthBudget(1.0))[0].rows[0][:-1] == (1, 1)
+    assert select(combine_union([a, b]), WidthBudget(1.0).bind(seed))[0].rows[0][:-1] == (1, 1)
     # a run alone is its own ranking
     assert combine_union([a])[0].scores == a[0].scores
     # mean: each run's own allocation (A: 2 x1, B: 2 x2), averaged and rounded per block
-    alone = [select(r, seed, WidthBudget(1.0))[0] for r in (a, b)]
+    alone = [select(r, WidthBudget(1.0).bind(seed))[0] for r in (a, b)]
     assert [s.rows[0][:-1] for s in alone] == [(2, 0), (0, 2)]
     assert combine_mean(alone, seed).rows[0][:-1] == (1, 1)
-    three = alone + [select(a, seed, WidthBudget(1.0))[0]]  # 2,0 + 0,2 + 2,0 -> 4/3, 2/3 -> 1, 1
+    three = alone + [select(a, WidthBudget(1.0).bind(seed))[0]]  # 2,0 + 0,2 + 2,0 -> 4/3, 2/3 -> 1, 1
     assert combine_mean(three, seed).rows[0][:-1] == (1, 1)
 
 
@@ -199,7 +200,7 @@ def textures(kind: str, n: int, size: int = 16, seed: int = 0) -> TensorData:
 
 def x1_share(kind: str) -> float:
     data = DataSpec(kind, 2, 1, 16, (0.5,), (0.25,), ["a", "b"], textures(kind, 512), textures(kind, 128, seed=1))
-    result = allocate(data, layers=(1, 1), width=8, width_mult=0.75, repeats=1, train_config=TrainConfig(
+    result = allocate(data, WidthBudget(0.75), layers=(1, 1), width=8, repeats=1, train_config=TrainConfig(
         epochs=4, batch_size=32, lr=0.05, seed=0, progress=False, tensorboard=False))
     rows = result.structure.rows
     return sum(r[0] for r in rows) / sum(sum(r[:-1]) for r in rows)
@@ -324,7 +325,49 @@ def test_the_committed_allocations_are_selected_again_identically_from_their_sid
         runs, seed, settings = load_runs(sidecar)
         model = latency_model if recorded.get("latency_ms") else None
         budget = budget_from(recorded.get("width_mult"), recorded.get("macs_target"), recorded.get("latency_ms"), model)
-        again = select_runs(runs, seed, budget, settings, scope=recorded["scope"], combine=recorded["combine"],
-                            alpha=recorded["alpha"], multiple_of=recorded.get("multiple_of"))
+        again = select_runs(runs, seed, budget, settings, Selection.from_json(recorded))
         assert again.structure.rows == committed.rows, structure
     assert json.loads((d / "latency.json").read_text())["meta"]["allocation"]["alpha"] == 1.0
+
+
+def test_a_budget_bound_once_answers_for_every_selector(seed):
+    width = WidthBudget(0.5).bind(seed, 10)
+    assert width.fixed == [max(1, round(0.5 * s.planes)) for s in seed.blocks()] and width.unit == "MACs"
+    assert width.fits(1e30) and width.reached(0)  # no target total: the neurons per block are the budget
+    width.verify(0)  # nothing to miss
+    lowest, highest = minimum_macs(seed, 10), seed.macs(None, 10)
+    target = (lowest + highest) // 2
+    macs = MacsBudget(target).bind(seed, 10)
+    assert macs.fixed is None and macs.fits(target * 1.01) and not macs.fits(target * 1.011)
+    assert macs.reached(target * 0.99) and not macs.reached(target * 0.989)
+    with pytest.raises(ValueError, match="could not meet --macs"):
+        macs.verify(target * 0.9)
+    with pytest.raises(ValueError, match="impossible budget: --macs"):
+        MacsBudget(lowest - 1).bind(seed, 10).check()
+    with pytest.raises(ValueError, match="impossible budget: --width-mult 9 keeps"):
+        WidthBudget(9.0).bind(seed, 10).check()
+    # the costs the bound budget reports are the structure's own MACs
+    structure, _ = select(random_scores(seed), macs)
+    assert macs.of_structure(structure) == structure.macs(None, 10)
+
+
+def test_the_settings_records_round_trip_through_json_and_old_sidecars_load():
+    from scalenet.allocation import SeedSettings
+
+    training = SeedSettings("fashion-mnist", 28, 10, 1, (1, 1, 1), (1, 2, 4, 7), (4, 8, 16), sparsity=1e-4, seed_epochs=2,
+                            seed=3, repeats=4)
+    assert SeedSettings.from_json(json.loads(json.dumps(training.to_json()))) == training
+    selection = Selection(scope="global", alpha=0.5, combine="union", multiple_of=8)
+    assert Selection.from_json(json.loads(json.dumps(selection.to_json()))) == selection
+    for bad, message in [(dict(scope="row"), "scope 'row' is unknown"), (dict(combine="max"), "combine 'max' is unknown"),
+                         (dict(alpha=-1.0), "--alpha must be a finite number")]:
+        with pytest.raises(ValueError, match=message):
+            Selection(**bad)
+    # a sidecar written before the records (its selection entries mixed in, no importance_alpha)
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    old = json.loads((results / "demo-quick-cpu" / "scalenet.scores.json").read_text())["settings"]
+    assert "importance_alpha" not in old and old["scope"] == "block"
+    runs, seed, back = load_runs(results / "demo-quick-cpu" / "scalenet.scores.json")
+    assert back == SeedSettings("fashion-mnist", 28, 10, 1, (1, 1, 1), (1, 2, 4, 7), None, "BNScale", "max", 0.0, 0.0, 1,
+                                0, 16)
+    assert len(runs) == 16 and seed.layers == (1, 1, 1)

@@ -18,6 +18,7 @@ from scalenet.allocation import (
     load_runs,
     select_runs,
     weigh_by_cost,
+    SeedSettings,
 )
 from scalenet.cli import main
 from scalenet.data import build_data, read_image
@@ -30,7 +31,7 @@ from test_latency_budget import COSTS, fake_model, here, random_scores, seed  # 
 @pytest.fixture
 def sidecar(tmp_path, seed):  # noqa: F811
     runs = [SeedRun(s, random_scores(seed, s), seed) for s in (0, 1)]
-    settings = {"data": "fake", "image_size": 32, "num_classes": 10, "in_chans": 3, "importance_alpha": 0.0}
+    settings = SeedSettings("fake", 32, 10, 3)
     select_runs(runs, seed, WidthBudget(1.0), settings).save(tmp_path / "first.json")
     return tmp_path / "first.scores.json"
 
@@ -93,7 +94,7 @@ def test_a_large_alpha_and_a_free_neuron_rank_without_dividing_by_zero(seed):  #
 
 # ---------------------------------------------------------------------------- options that cannot apply
 def test_alpha_weighs_a_reselection_under_a_macs_budget_and_is_recorded(tmp_path, sidecar, seed, capsys):  # noqa: F811
-    macs = int(MacsBudget(1).costs(seed, 10, 3).highest * 0.5)
+    macs = int(MacsBudget(1).bind(seed, 10, 3).costs.highest * 0.5)
     rows = {}
     for alpha in ("0", "1"):
         out = tmp_path / f"a{alpha}.json"
@@ -118,7 +119,7 @@ def test_old_scores_weighed_at_scoring_time_are_unweighed_on_load(tmp_path, side
     old.write_text(json.dumps(side))
     now, _, settings = load_runs(sidecar)
     back, _, settings_back = load_runs(old)
-    assert settings_back["importance_alpha"] == 0.0
+    assert settings_back.importance_alpha == 0.0
     for a, b in zip(now, back):  # the same scores, up to the block's normalising figure (max)
         for x, y in zip(a.scores, b.scores):
             x, y = (np.concatenate([np.array(r) for r in block.scores]) for block in (x, y))
@@ -303,8 +304,8 @@ def test_eval_on_data_of_other_classes_and_channels_says_so(tiny_run, capsys):
 
 
 def test_a_damaged_run_of_a_study_names_the_one_directory_to_delete(tmp_path, monkeypatch):
-    import scalenet.engine
-    from scalenet.runs import NoCheckpointLeft
+    import scalenet.training
+    from scalenet.training import NoCheckpointLeft
     from scalenet.study import StudyConfig, train_run
 
     def damaged(*a, **k):
@@ -312,10 +313,10 @@ def test_a_damaged_run_of_a_study_names_the_one_directory_to_delete(tmp_path, mo
 
     import scalenet.data
 
-    monkeypatch.setattr(scalenet.engine, "train", damaged)
+    monkeypatch.setattr(scalenet.training, "train", damaged)
     monkeypatch.setattr(scalenet.data, "build_data", lambda *a, **k: None)
     structure = Structure.from_channels([[4, 2, 2, 0]], (1,), stem="small", width=8, image_size=28)
-    payload = {"config": {**StudyConfig(data="fashion-mnist").__dict__, "arms": ["learned"]}, "out": str(tmp_path),
+    payload = {"config": {**StudyConfig(data="fashion-mnist").settings(), "arms": ["learned"]}, "out": str(tmp_path),
                "arm": "learned", "seed": 0, "structure": structure.to_json()}
     with pytest.raises(NoCheckpointLeft, match=f"delete {tmp_path / 'runs' / 'learned-seed0'} and run the study again"):
         train_run(payload)

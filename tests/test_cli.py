@@ -88,7 +88,7 @@ def test_help_defaults_come_from_the_config_dataclasses():
     from scalenet.cli import build_parser
     from scalenet.detection import DetectConfig
     from scalenet.allocation import SEED_IMAGES
-    from scalenet.engine import TrainConfig
+    from scalenet.training import TrainConfig
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices

@@ -22,6 +22,8 @@ from scalenet.allocation import (
     seed_structure,
     select,
     select_runs,
+    SeedSettings,
+    Selection,
 )
 from scalenet.cli import main
 from scalenet.latency import LatencyModel, LatencySettings, StageCost, cache_path, current_settings
@@ -75,7 +77,7 @@ def test_the_cost_charges_a_branch_fixed_cost_with_its_first_neuron_only(seed):
 def test_latency_budget_is_met_never_above_and_within_one_percent(seed, scope, fraction):
     costs = LatencyCost(fake_model(), seed)
     target = costs.lowest + fraction * (costs.highest - costs.lowest)
-    structure, kept = select(random_scores(seed), seed, LatencyBudget(target, fake_model()), scope=scope)
+    structure, kept = select(random_scores(seed), LatencyBudget(target, fake_model()).bind(seed), scope=scope)
     got = by_hand(structure)
     assert 0.99 * target <= got <= target
     assert [[len(k) for k in b] for b in kept] == [list(r[:-1]) for r in structure.rows]
@@ -90,7 +92,7 @@ def test_a_branch_fixed_cost_is_paid_once_not_per_neuron():
     # room for each block's x7 branch (fixed cost once) and 5 of its neurons, nothing else
     target = OTHER + sum(c.base + c.fixed[3] + 5 * c.per_neuron[3] for c in COSTS) + 1e-9
     for scope in ("block", "global"):
-        structure, _ = select(scores, seed, LatencyBudget(target, model, tolerance=0.002), scope=scope)
+        structure, _ = select(scores, LatencyBudget(target, model, tolerance=0.002).bind(seed), scope=scope)
         assert all(r[:3] == (0, 0, 0) for r in structure.rows)
         # charging the fixed cost (4-6 ms) per neuron would have stopped at one neuron per block
         assert sum(r[3] for r in structure.rows) >= 12
@@ -102,9 +104,9 @@ def test_alpha_weighs_the_scores_by_milliseconds(seed):
     model = fake_model()
     target = LatencyCost(model, seed).lowest + 15.0  # room for the cheap branches' fixed costs
     runs = [SeedRun(0, flat, seed)]
-    plain = select_runs(runs, seed, LatencyBudget(target, model), {"num_classes": 10, "in_chans": 3}).structure
-    cheap = select_runs(runs, seed, LatencyBudget(target, model), {"num_classes": 10, "in_chans": 3},
-                        alpha=1.0).structure
+    plain = select_runs(runs, seed, LatencyBudget(target, model), SeedSettings("fake", 32, 10, 3)).structure
+    cheap = select_runs(runs, seed, LatencyBudget(target, model), SeedSettings("fake", 32, 10, 3),
+                        Selection(alpha=1.0)).structure
     # equal scores: ties go to the finer scale; weighed by ms, the cheapest neuron per stage fills
     # its branch first (x4 in stage 1, x7 in stage 2, x4 in stage 3)
     assert all(r[0] == max(r[:-1]) for r in plain.rows)
@@ -125,8 +127,8 @@ def test_rounding_to_multiples_keeps_the_budget(seed, multiple, budget_kind):
     budget = {"width": WidthBudget(1.3),
               "macs": MacsBudget(int(0.55 * seed.macs(None, 10, 3))),
               "latency": LatencyBudget(costs.lowest + 0.5 * (costs.highest - costs.lowest), model)}[budget_kind]
-    structure, _ = select(random_scores(seed, 3), seed, budget, num_classes=10)
-    rounded = round_channels(structure, seed, multiple, budget, num_classes=10)
+    structure, _ = select(random_scores(seed, 3), budget.bind(seed, 10))
+    rounded = round_channels(structure, seed, multiple, budget.bind(seed, 10))
     for row, pool in zip(rounded.rows, seed.rows):
         assert all(c % multiple == 0 and 0 <= c <= p for c, p in zip(row[:-1], pool[:-1])) and sum(row[:-1]) > 0
     if budget_kind == "macs":
@@ -143,7 +145,7 @@ def test_rounding_to_multiples_keeps_the_budget(seed, multiple, budget_kind):
 
 
 def test_rounding_refusals(seed):
-    structure, _ = select(random_scores(seed), seed, WidthBudget(1.0))
+    structure, _ = select(random_scores(seed), WidthBudget(1.0).bind(seed))
     for bad in (0, -2):
         with pytest.raises(ValueError, match=f"--multiple-of must be a whole number of neurons, 1 or more; got {bad}"):
             round_channels(structure, seed, bad)
@@ -156,9 +158,9 @@ def test_latency_refusals(seed):
     costs = LatencyCost(model, seed)
     with pytest.raises(ValueError, match=r"impossible budget: --latency-ms .* is below the minimum .* \(one neuron per "
                                          r"block, predicted for Test CPU, batch 4, 32 px\); raise it"):
-        select(random_scores(seed), seed, LatencyBudget(costs.lowest - 0.1, model))
+        select(random_scores(seed), LatencyBudget(costs.lowest - 0.1, model).bind(seed))
     with pytest.raises(ValueError, match="above the seed network's"):
-        select(random_scores(seed), seed, LatencyBudget(2 * costs.highest, model))
+        select(random_scores(seed), LatencyBudget(2 * costs.highest, model).bind(seed))
     with pytest.raises(ValueError, match="--latency-ms must be positive"):
         LatencyBudget(0.0, model)
     # every block's best neuron opens an x7 branch (fixed cost 4-6 ms): dearer than the seed's lowest
@@ -167,7 +169,7 @@ def test_latency_refusals(seed):
     for scope in ("block", "global"):
         with pytest.raises(ValueError, match=r"impossible budget: --latency-ms .* is below .*, what each block's "
                                              r"best-scoring neuron costs; raise it"):
-            select(x7_first, seed, LatencyBudget(costs.lowest + 1.0, model), scope=scope)
+            select(x7_first, LatencyBudget(costs.lowest + 1.0, model).bind(seed), scope=scope)
     other_layout = seed_structure((2, 2), stem="small", width=16, image_size=32)
     with pytest.raises(ValueError, match="the latency model was measured for scales"):
         LatencyCost(model, other_layout)
@@ -178,7 +180,7 @@ def test_latency_refusals(seed):
 def sidecar(tmp_path, seed):
     """An allocation's files as scalenet allocate writes them, from two fake seed runs."""
     runs = [SeedRun(s, random_scores(seed, s), seed) for s in (0, 1)]
-    settings = {"data": "fake", "image_size": 32, "num_classes": 10, "in_chans": 3, "importance_alpha": 0.0}
+    settings = SeedSettings("fake", 32, 10, 3)
     result = select_runs(runs, seed, WidthBudget(1.0), settings)
     result.save(tmp_path / "first.json")
     return tmp_path / "first.scores.json"
@@ -264,11 +266,11 @@ def test_rounding_moves_counts_back_into_the_budget(seed, budget_kind):
                   LatencyBudget(costs.lowest + fraction * (costs.highest - costs.lowest), model))
         total = (lambda s: s.macs(None, 10, 3)) if budget_kind == "macs" else by_hand
         try:
-            structure, _ = select(random_scores(seed, k), seed, budget, num_classes=10)
+            structure, _ = select(random_scores(seed, k), budget.bind(seed, 10))
         except ValueError:  # per-block steps can miss a MACs target; not this test's subject
             continue
         plain = round_channels(structure, seed, 4)  # no budget: nearest multiples only
-        rounded = round_channels(structure, seed, 4, budget, num_classes=10)
+        rounded = round_channels(structure, seed, 4, budget.bind(seed, 10))
         assert budget.fits(total(rounded))
         if not budget.fits(total(plain)):
             moved += 1

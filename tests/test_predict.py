@@ -7,7 +7,7 @@ import torch
 
 from scalenet.cli import main
 from scalenet.data import build_data
-from scalenet.engine import TrainConfig, train
+from scalenet.training import TrainConfig, train
 from scalenet.predict import load_predictor
 
 from helpers import make_image_folder, tiny_structure

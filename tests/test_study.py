@@ -54,7 +54,7 @@ def _tiny(tmp_path, **kw):
     folder = make_image_folder(tmp_path / "data", classes=3, per_class=16, size=16)
     base = dict(data=str(folder), seeds=2, layers=(1, 1), width=8, epochs=1, batch_size=8, repeats=1, seed_epochs=1,
                 seed_subset=None, val_subset=None, jobs=1, progress=False)
-    return StudyConfig(**{**base, **kw})
+    return StudyConfig.from_settings({**base, **kw})
 
 
 def test_study_resumes_after_a_kill_without_retraining_finished_runs(tmp_path, monkeypatch):

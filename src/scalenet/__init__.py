@@ -6,10 +6,11 @@ Public API::
     model = scalenet.create_model("scalenet50", checkpoint="scalenet50.pth")
     structure = scalenet.Structure.load("my_structure.json")
     structure.macs(), structure.params()
-    result = scalenet.allocate(build_data("my_images/"), width_mult=1.0)  # from scalenet.data import build_data
+    result = scalenet.allocate(build_data("my_images/"), WidthBudget(1.0))  # scalenet.data, scalenet.allocation
     result.structure, result.scores
 
-The allocation's parts (importances, budgets, selectors) live in :mod:`scalenet.allocation`.
+The allocation's parts (importances, budgets, selectors, rounding, combination) live in
+:mod:`scalenet.allocation`, training in :mod:`scalenet.training`.
 Importing the package registers the ScaleNets with timm (``timm.create_model("scalenet50")``).
 """
 

@@ -126,46 +126,11 @@ def run_bench(
         model = build()
         macs, params = _count(model, image_size)
         rows[name] = {"macs": macs, "params": params}
-        model = model.to(dev)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if cuda_graphs:
-            net = torch.compile(model, mode="reduce-overhead")
-        elif compile:
-            net = torch.compile(model, options={"freezing": True}) if freezing else torch.compile(model)
-        else:
-            net = model
-        if train:
-            model.train()
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-            def step(net=net, opt=opt):
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = nn.functional.cross_entropy(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            runners[name] = step
-        else:
-            model.eval()
-
-            def forward(net=net):
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    net(x)
-
-            runners[name] = forward
+        runners[name] = _runner(model, dev, x, y, train=train, amp_dtype=amp_dtype, compile=compile,
+                                cuda_graphs=cuda_graphs, freezing=freezing, channels_last=channels_last)
     if onnx and not train and dev.type == "cpu" and amp_dtype is None:  # onnxruntime runs fp32
         runners.update(_onnx_runners(builders, rows, batch_size, image_size))
-
-    for name, run in runners.items():  # warm-up (and compilation), with each model's peak CUDA memory
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        for _ in range(warmup):
-            run()
-        _sync(dev)
-        if dev.type == "cuda":
-            rows[name]["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    _warm_up(runners, rows, dev, warmup)
     times = interleaved(runners, repeats, warmup=0, sync=lambda: _sync(dev),
                         progress=f"bench {'train' if train else 'inference'} b{batch_size}" if progress else None)
     if train and dev.type == "cpu":
@@ -189,6 +154,52 @@ def run_bench(
         "precision": f"{precision} autocast" if amp_dtype is not None else "fp32",
         "models": rows,
     }
+
+
+def _runner(model: nn.Module, dev: torch.device, x: torch.Tensor, y: torch.Tensor, *, train: bool, amp_dtype,
+            compile: bool, cuda_graphs: bool, freezing: bool, channels_last: bool) -> Callable[[], None]:
+    """One model's timed call on ``dev``: a training step (SGD) or an inference forward."""
+    model = model.to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cuda_graphs:
+        net = torch.compile(model, mode="reduce-overhead")
+    elif compile:
+        net = torch.compile(model, options={"freezing": True}) if freezing else torch.compile(model)
+    else:
+        net = model
+    if train:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step() -> None:
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+    model.eval()
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            net(x)
+
+    return forward
+
+
+def _warm_up(runners: dict[str, Callable[[], None]], rows: dict[str, dict[str, Any]], dev: torch.device,
+             warmup: int) -> None:
+    """Warm-up (and compilation) of every runner, with each model's peak CUDA memory."""
+    for name, run in runners.items():
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(warmup):
+            run()
+        _sync(dev)
+        if dev.type == "cuda":
+            rows[name]["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
 
 
 def _onnx_runners(builders, rows, batch_size, image_size) -> dict[str, Callable[[], None]]:

@@ -96,7 +96,7 @@ def _resume(text: str) -> bool | str:
 
 def add_fault_tolerance_arguments(p: argparse.ArgumentParser) -> None:
     """--resume [auto] and --save-every, shared by train and detect-train."""
-    from .runs import DEFAULT_SAVE_EVERY, PREEMPTED_EXIT_CODE
+    from .training import DEFAULT_SAVE_EVERY, PREEMPTED_EXIT_CODE
 
     p.add_argument("--resume", nargs="?", const=True, default=False, type=_resume, metavar="auto",
                    help="continue the run in RUN_DIR from its newest complete checkpoint; '--resume auto' continues "
@@ -228,7 +228,7 @@ _TRAIN_FLAGS = ("amp", "channels_last", "compile", "no_bn_wd")
 def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None = None) -> None:
     """The training options of train and allocate (None: the config's default, shown in the help)."""
     from .data import DECODERS
-    from .engine import TrainConfig
+    from .training import TrainConfig
 
     d = lambda name: _default(TrainConfig, name)  # noqa: E731
     p.add_argument("--preset", choices=["imagenet"], default=None, help="the release's ImageNet recipe (120 epochs, cosine)")
@@ -260,7 +260,7 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None 
 
 
 def _train_config(args: argparse.Namespace, **base: Any):
-    from .engine import PRESETS, TrainConfig
+    from .training import PRESETS, TrainConfig
 
     base.update(PRESETS[args.preset] if args.preset else {})
     base.update({flag: True for flag in _TRAIN_FLAGS if getattr(args, flag, False)})
@@ -286,9 +286,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import train
+    from .training import train
     from .factory import resolve_structure
-    from .runs import is_main_process
+    from .training import is_main_process
 
     structure = resolve_structure(args.model, layers=args.layers)
     cfg = _train_config(args)
@@ -313,7 +313,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine import evaluate_checkpoint
+    from .training import evaluate_checkpoint
 
     out = evaluate_checkpoint(args.checkpoint, args.data, image_size=args.image_size, batch_size=args.batch_size,
                               workers=args.workers, val_subset=args.val_subset)
@@ -411,11 +411,10 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     from .agreement import format_agreement
-    from .allocation import (AllocationResult, allocate, budget_from, format_stage_summary, load_runs, seed_epochs,
-                             select_runs)
-    from .engine import CHECKPOINT_FORMAT, train
+    from .allocation import AllocationResult, Selection, allocate, load_runs, seed_epochs, select_runs
     from .fileio import check_output_file, check_output_files
-    from .runs import RunDir
+    from .report import format_stage_summary
+    from .training import CHECKPOINT_FORMAT, RunDir, train
 
     if (args.data is None) == (args.scores is None):
         raise ValueError("give --data DIR (train seed networks) or --scores X.scores.json (select from trained ones)")
@@ -435,31 +434,24 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     run_dir = (Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")) if args.then_train else None
     if run_dir is not None:
         RunDir(run_dir, CHECKPOINT_FORMAT).check_new()  # refused now, not after the allocation
+    selection = Selection(scope=args.scope, alpha=args.alpha, combine=args.combine, multiple_of=args.multiple_of)
+    data = None
     if args.scores is not None:
-        runs, seed, settings = load_runs(args.scores)
-        latency = _latency_budget_model(args, seed.image_size)
-        none = args.width_mult is None and args.macs is None and args.latency_ms is None
-        budget = budget_from(1.0 if none else args.width_mult, args.macs, args.latency_ms,
-                             _resolve_latency(latency, seed, args))
-        result = select_runs(runs, seed, budget, settings, scope=args.scope, combine=args.combine, alpha=args.alpha,
-                             multiple_of=args.multiple_of, name=out.stem)
-        data = None
+        runs, seed, training = load_runs(args.scores)
+        budget = _budget(args, seed.image_size).resolved(seed, progress=not args.no_progress)
+        result = select_runs(runs, seed, budget, training, selection, name=out.stem)
     else:
         data = _data(args, args.seed if args.seed is not None else 0)
         cfg = _train_config(args, epochs=seed_epochs(len(data.train)))
-        latency = _latency_budget_model(args, data.image_size)
-        result = allocate(
-            data, layers=args.layers, width=args.width, scales=args.scales, seed_width=args.seed_width,
-            width_mult=args.width_mult, macs=args.macs, latency_ms=args.latency_ms, latency_model=latency,
-            multiple_of=args.multiple_of, scope=args.scope, alpha=args.alpha, sparsity=args.sparsity,
-            repeats=args.repeats, combine=args.combine, jobs=args.jobs, train_config=cfg, name=out.stem,
-        )
+        result = allocate(data, _budget(args, data.image_size), selection, layers=args.layers, width=args.width,
+                          scales=args.scales, seed_width=args.seed_width, sparsity=args.sparsity, repeats=args.repeats,
+                          jobs=args.jobs, train_config=cfg, name=out.stem)
     paths = result.save(out, bare=args.bare)
     s = result.structure
-    nc, ic = result.settings.get("num_classes", 1000), result.settings.get("in_chans", 3)
+    nc, ic = result.training.num_classes, result.training.in_chans
     print(format_stage_summary(s))
     print(format_agreement(result.agreement))
-    predicted = f", predicted {result.settings['predicted']:,.1f} ms" if result.settings.get("latency_ms") else ""
+    predicted = f", predicted {result.predicted:,.1f} ms" if result.unit == "ms" else ""
     print(
         f"{out}: {s.macs(None, nc, ic):,} MACs, {s.params(nc, ic):,} params{predicted} (seed network "
         f"{result.seed.macs(None, nc, ic):,} MACs); scores in {paths['sidecar']}, chart in {paths['chart']}"
@@ -471,22 +463,18 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latency_budget_model(args: argparse.Namespace, image_size: int):
-    """What the latency budget is predicted with: the --latency-model file checked against the
-    wanted settings, or those settings (the cached model is then found for the seed's layout)."""
+def _budget(args: argparse.Namespace, image_size: int):
+    """The budget the flags ask for (default ``--width-mult 1``). A latency budget is predicted
+    with the --latency-model file checked against the wanted settings, or with those settings
+    (the cached model is then found for the seed's layout)."""
+    from .allocation import budget_from
     from .latency import current_settings, requested_model
 
     if args.latency_ms is None:
-        return None
+        return budget_from(1.0 if args.width_mult is None and args.macs is None else args.width_mult, args.macs)
     wanted = current_settings(args.latency_device, args.latency_threads, args.latency_batch_size,
                               args.latency_image_size or image_size, args.latency_compile, option="--latency-device")
-    return requested_model(args.latency_model, wanted)
-
-
-def _resolve_latency(latency, seed, args: argparse.Namespace):
-    from .latency import latency_model_for
-
-    return latency_model_for(latency, seed, progress=not args.no_progress) if latency is not None else None
+    return budget_from(latency_ms=args.latency_ms, latency_model=requested_model(args.latency_model, wanted))
 
 
 #: allocate's options that set up the seed networks' training: with --scores they cannot apply
@@ -500,15 +488,16 @@ _LATENCY_OPTIONS = ("latency_model", "latency_device", "latency_threads", "laten
 
 
 # ---------------------------------------------------------------------------- study
-_STUDY_OPTIONS = ("seeds", "seed", "width_mult", "macs", "layers", "width", "image_size", "epochs", "batch_size", "lr",
-                  "wd", "warmup", "train_subset", "val_subset", "repeats", "seed_epochs", "seed_subset", "latency_model",
-                  "latency_ms", "latency_alpha", "jobs")
+_STUDY_OPTIONS = ("seeds", "width_mult", "macs", "layers", "width", "image_size", "train_subset", "val_subset",
+                  "repeats", "seed_epochs", "seed_subset", "latency_model", "latency_ms", "latency_alpha", "jobs")
+#: study options that set every arm's training recipe (a TrainConfig)
+_STUDY_RECIPE_OPTIONS = ("seed", "epochs", "batch_size", "lr", "wd", "warmup")
 
 
 def add_study_arguments(p: argparse.ArgumentParser) -> None:
-    from .study import ARMS, LATENCY_ARMS, StudyConfig
+    from .study import ARMS, LATENCY_ARMS, STUDY_RECIPE, StudyConfig
 
-    d = lambda name: _default(StudyConfig, name)  # noqa: E731
+    d = lambda name: getattr(STUDY_RECIPE, name) if hasattr(STUDY_RECIPE, name) else _default(StudyConfig, name)  # noqa: E731
     p.add_argument("--data", required=True, metavar="DIR|fashion-mnist", help="an ImageFolder directory or a built-in data set")
     p.add_argument("--out", required=True, metavar="STUDY_DIR", help="study directory (an unfinished study there resumes)")
     p.add_argument("--arms", type=_arm_names, default=None,
@@ -552,10 +541,12 @@ def _arm_names(text: str) -> list[str]:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from .study import ARMS, StudyConfig, format_study, run_study
+    from .study import ARMS, STUDY_RECIPE, StudyConfig, format_study, run_study
 
+    recipe = dataclasses.asdict(STUDY_RECIPE) | {"progress": not args.no_progress}
+    recipe |= {"augment": True} if args.augment else {}
     cfg = _config(StudyConfig, args, _STUDY_OPTIONS, data=args.data, arms=tuple(args.arms or ARMS),
-                  augment=args.augment, progress=not args.no_progress)
+                  train=_config(type(STUDY_RECIPE), args, _STUDY_RECIPE_OPTIONS, **recipe))
     report = run_study(cfg, args.out)
     print(format_study(report))
     print(f"written: {Path(args.out) / 'study.json'}, study.md, study.png")
@@ -685,7 +676,7 @@ def add_detect_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_detect_train(args: argparse.Namespace) -> int:
     from .detection import CocoDetection, DetectConfig, train_detector
-    from .runs import is_main_process
+    from .training import is_main_process
 
     lr_steps = {"lr_steps": tuple(args.lr_steps)} if args.lr_steps is not None else {}
     cfg = _config(DetectConfig, args, _DETECT_OPTIONS, amp=args.amp, progress=not args.no_progress, **lr_steps)
@@ -799,7 +790,7 @@ def given_options(argv: Sequence[str] | None) -> frozenset[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runs import Preempted, TrainingError, is_main_process
+    from .training import Preempted, TrainingError, is_main_process
 
     args = build_parser().parse_args(argv)
     args.given = given_options(argv)

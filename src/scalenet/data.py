@@ -489,42 +489,13 @@ def build_data(
     if decode not in DECODERS:
         raise ValueError(f"--decode {decode!r} is not one of {', '.join(DECODERS)}")
     if str(data) == "fashion-mnist":
-        train, test = load_fashion_mnist()
-        if image_size not in (None, 28):
-            raise ValueError(f"fashion-mnist images are 28x28; --image-size {image_size} is not supported for it")
-        notes = []
-        if train_subset:
-            notes.append(f"trained on a random subset of {min(train_subset, len(train))} of {len(train)} training images")
-        if val_subset:
-            notes.append(f"evaluated on a random subset of {min(val_subset, len(test))} of {len(test)} test images")
-        return DataSpec(
-            "fashion-mnist", 10, 1, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, list(FASHION_MNIST_CLASSES),
-            train.subset(train_subset, seed), test.subset(val_subset, seed + 1), notes,
-        )
+        return _fashion_mnist(image_size, train_subset, val_subset, seed)
     root = Path(data)
     if not root.exists():
         raise FileNotFoundError(
             f"data directory not found: {root} (give an ImageFolder directory or one of: {', '.join(BUILTIN)})"
         )
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train_classes, val_classes = _class_folders(root / "train"), _class_folders(root / "val")
-        names = [c for c, _ in train_classes]
-        if names != [c for c, _ in val_classes]:
-            raise ValueError(f"{root}/train and {root}/val have different class folders; they must match")
-        train_samples = [(f, i) for i, (_, files) in enumerate(train_classes) for f in files]
-        val_samples = [(f, i) for i, (_, files) in enumerate(val_classes) for f in files]
-        notes = []
-    else:
-        classes = _class_folders(root)
-        names = [c for c, _ in classes]
-        g = np.random.default_rng(12345)  # a fixed split, independent of the training seed
-        train_samples, val_samples = [], []
-        for i, (_, files) in enumerate(classes):
-            order = g.permutation(len(files))
-            n_val = max(1, round(len(files) * val_fraction)) if len(files) > 1 else 0
-            val_samples += [(files[j], i) for j in order[:n_val]]
-            train_samples += [(files[j], i) for j in order[n_val:]]
-        notes = [f"flat class folders: a fixed {val_fraction:.0%} of each class held out for validation"]
+    names, train_samples, val_samples, notes = _folder_samples(root, val_fraction)
     rng = np.random.default_rng(seed)
     if train_subset and train_subset < len(train_samples):
         train_samples = [train_samples[i] for i in sorted(rng.choice(len(train_samples), train_subset, replace=False))]
@@ -538,3 +509,41 @@ def build_data(
         str(root), len(names), 3, image_size, IMAGENET_MEAN, IMAGENET_STD, names,
         ImageFiles(train_samples, train_tf, decode), ImageFiles(val_samples, eval_tf, decode), notes, eval_tf,
     )
+
+
+def _fashion_mnist(image_size: int | None, train_subset: int | None, val_subset: int | None, seed: int) -> DataSpec:
+    train, test = load_fashion_mnist()
+    if image_size not in (None, 28):
+        raise ValueError(f"fashion-mnist images are 28x28; --image-size {image_size} is not supported for it")
+    notes = []
+    if train_subset:
+        notes.append(f"trained on a random subset of {min(train_subset, len(train))} of {len(train)} training images")
+    if val_subset:
+        notes.append(f"evaluated on a random subset of {min(val_subset, len(test))} of {len(test)} test images")
+    return DataSpec(
+        "fashion-mnist", 10, 1, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, list(FASHION_MNIST_CLASSES),
+        train.subset(train_subset, seed), test.subset(val_subset, seed + 1), notes,
+    )
+
+
+def _folder_samples(root: Path, val_fraction: float) -> tuple[list[str], list, list, list[str]]:
+    """Class names and (file, label) samples of an ImageFolder tree: ``train/`` and ``val/`` class
+    folders, or flat class folders with a fixed ``val_fraction`` of each class held out."""
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train_classes, val_classes = _class_folders(root / "train"), _class_folders(root / "val")
+        names = [c for c, _ in train_classes]
+        if names != [c for c, _ in val_classes]:
+            raise ValueError(f"{root}/train and {root}/val have different class folders; they must match")
+        train_samples = [(f, i) for i, (_, files) in enumerate(train_classes) for f in files]
+        val_samples = [(f, i) for i, (_, files) in enumerate(val_classes) for f in files]
+        return names, train_samples, val_samples, []
+    classes = _class_folders(root)
+    names = [c for c, _ in classes]
+    g = np.random.default_rng(12345)  # a fixed split, independent of the training seed
+    train_samples, val_samples = [], []
+    for i, (_, files) in enumerate(classes):
+        order = g.permutation(len(files))
+        n_val = max(1, round(len(files) * val_fraction)) if len(files) > 1 else 0
+        val_samples += [(files[j], i) for j in order[:n_val]]
+        train_samples += [(files[j], i) for j in order[n_val:]]
+    return names, train_samples, val_samples, [f"flat class folders: a fixed {val_fraction:.0%} of each class held out for validation"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .data import IMAGE_EXTENSIONS, image_transforms, read_image
-from .engine import model_from_checkpoint
+from .training import model_from_checkpoint
 
 __all__ = ["Predictor", "load_predictor", "image_paths", "format_table"]
 

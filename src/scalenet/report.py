@@ -1,4 +1,5 @@
-"""Pictures and reports: allocation charts (paper Fig. 1 style) and training curves."""
+"""Pictures, tables and reports: allocation charts (paper Fig. 1 style), training curves, the
+stage table of an allocation, the study's table and plot, and the demo's markdown report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from typing import Any, Mapping, Sequence
 from .fileio import atomic_write
 from .structure import Structure
 
-__all__ = ["plot_allocation", "plot_curves", "save_figure"]
+__all__ = [
+    "plot_allocation", "plot_curves", "save_figure", "stage_summary", "format_stage_summary", "format_study", "plot_study",
+    "render_demo",
+]
 
 # one colour per scale, fine to coarse
 SCALE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -111,3 +115,177 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def stage_summary(structure: Structure) -> list[dict[str, Any]]:
+    """Per stage: blocks, neurons per block, share of each scale (for the terminal table)."""
+    out = []
+    for stage in range(len(structure.layers)):
+        specs = [s for s in structure.blocks() if s.stage == stage]
+        totals = [sum(s.channels[i] for s in specs) for i in range(len(structure.scales))]
+        n = sum(totals)
+        out.append({
+            "stage": stage + 1,
+            "blocks": len(specs),
+            "side": specs[0].side,
+            "planes": specs[0].planes,
+            "neurons_per_block": [s.width for s in specs],
+            "share": [t / n for t in totals],
+        })
+    return out
+
+
+def format_stage_summary(structure: Structure) -> str:
+    head = " ".join(f"x{s}".rjust(6) for s in structure.scales)
+    lines = [f"{'stage':>5} {'side':>5} {'planes':>6} {'neurons/block':>14} | share {head}"]
+    for r in stage_summary(structure):
+        per_block = ",".join(map(str, r["neurons_per_block"]))
+        share = " ".join(f"{100 * s:5.1f}%" for s in r["share"])
+        lines.append(f"{r['stage']:>5} {r['side']:>5} {r['planes']:>6} {per_block:>14} |       {share}")
+    return "\n".join(lines)
+
+
+def format_study(report: dict[str, Any]) -> str:
+    """The study's markdown table."""
+    s = report["settings"]
+    lat = report.get("latency")
+    matched = (f"{lat['target_ms']:.2f} ms predicted latency (within 1% below)" if lat else
+               f"{report['target_macs']:,} MACs (within 1%)")
+    lines = [f"# Study on {s['data']}: {len(report['arms'])} arms at {matched}, {s['seeds']} seeds each", ""]
+    if lat:
+        st = lat["settings"]
+        threads = f" ({st['threads']} threads)" if st["threads"] else ""
+        alpha = lat["alpha"]
+        lines += [
+            f"Latency: fused forward, eval, batch {st['batch_size']}, {st['image_size']} px, "
+            f"{'compiled' if st['compile'] else 'eager'}, {st['device_name']}{threads}; predicted by the cost model, "
+            "measured (median of 7 interleaved rounds) before training. The learned arm (MACs-aware) sets the budget; "
+            f"the latency arm keeps neurons by score per ms^{alpha}.",
+            "",
+        ]
+    lines += [
+        f"Each arm trained {s['epochs']} epochs (batch {s['batch_size']}, LR {s['lr']}, "
+        f"{'crop + flip' if s['augment'] else 'no augmentation'}, "
+        f"{'all' if not s['train_subset'] else format(s['train_subset'], ',')} training images); test top-1 on "
+        f"{report['test_images']:,} images.",
+        "",
+        "| arm | test top-1 (mean ± std) | per seed | MACs | params |" + (" predicted ms | measured ms |" if lat else ""),
+        "|---|---:|---|---:|---:|" + ("---:|---:|" if lat else ""),
+    ]
+    for arm, a in report["arms"].items():
+        per_seed = ", ".join(f"{100 * v:.2f}" for v in a["top1_by_seed"])
+        ms = f" {a['predicted_ms']:.2f} | {a['measured_ms']:.2f} |" if lat else ""
+        lines.append(f"| {arm} | {100 * a['top1']:.2f}% ± {100 * a['top1_std']:.2f} | {per_seed} | "
+                     f"{a['macs'] / 1e6:.2f} M | {a['params'] / 1e3:.1f} K |{ms}")
+    lines += ["", "Paired by seed, with a 95% t-interval:", "", "| difference | mean (points) | 95% interval |",
+              "|---|---:|---|"]
+    for name, c in report["comparisons"].items():
+        verdict = "above 0" if c["low"] > 0 else "below 0" if c["high"] < 0 else "includes 0"
+        lines.append(f"| {name} | {100 * c['mean']:+.2f} | [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] ({verdict}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Left: each arm's per-seed test top-1 (dots) with mean ± std. Right: the paired differences
+    with their 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(report["arms"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw=dict(width_ratios=[1.2, 1]))
+    for i, arm in enumerate(arms):
+        a = report["arms"][arm]
+        left.scatter([i] * len(a["top1_by_seed"]), [100 * v for v in a["top1_by_seed"]], s=14, alpha=0.7)
+        left.errorbar([i + 0.18], [100 * a["top1"]], yerr=[100 * a["top1_std"]], fmt="o", color="black", capsize=4)
+    left.set_xticks(range(len(arms)))
+    left.set_xticklabels(arms, rotation=20)
+    left.set_ylabel("test top-1 (%)")
+    left.set_title("per seed (dots), mean ± std (black)", fontsize=9)
+    left.grid(alpha=0.3, axis="y")
+    names = list(report["comparisons"])
+    for j, name in enumerate(names):
+        c = report["comparisons"][name]
+        right.errorbar([100 * c["mean"]], [j], xerr=[[100 * (c["mean"] - c["low"])], [100 * (c["high"] - c["mean"])]],
+                       fmt="o", color="black", capsize=4)
+    right.axvline(0, color="grey", lw=0.8, ls="--")
+    right.set_yticks(range(len(names)))
+    right.set_yticklabels(names)
+    right.set_xlabel("difference in test top-1 (points), 95% interval")
+    right.set_title("paired by seed", fontsize=9)
+    lat = report.get("latency")
+    matched = f"{lat['target_ms']:.2f} ms predicted" if lat else f"{report['target_macs'] / 1e6:.2f} M MACs"
+    fig.suptitle(f"{report['settings']['data']}: arms at {matched}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def render_demo(report: dict[str, Any], learned: Structure) -> str:
+    """The demo's ``report.md``: the models side by side, the allocation's reproducibility, the
+    pictures, the committed studies' finding and the learned allocation per stage."""
+    m = report["models"]
+    descriptions = {
+        "scalenet": "learned allocation (this run)",
+        "uniform": "SA blocks, equal neurons per scale",
+        "resnet": "plain bottleneck, one 3x3 conv",
+    }
+    spread = report["profile"]["study"]["seeds"] > 1
+    lines = [
+        "# ScaleNet demo on Fashion-MNIST",
+        "",
+        f"Profile `{report['profile']['name']}`, {report['device']}; whole run {report['seconds'] / 60:.1f} min.",
+        "",
+        "| model | what | test top-1 | MACs | params | CPU latency, batch 1 | batch 256 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("scalenet", "uniform", "resnet"):
+        r = m[name]
+        acc = f"{100 * r['top1']:.2f}%" + (f" ± {100 * r['top1_std']:.2f}" if spread else "")
+        lines.append(
+            f"| {name} | {descriptions[name]} | {acc} | {r['macs'] / 1e6:.2f} M | {r['params'] / 1e3:.1f} K | "
+            f"{r['latency_ms_batch1']:.2f} ms | {r['latency_ms_batch256']:.0f} ms |"
+        )
+    lines += ["", *_agreement_lines(report)]
+    lines += [
+        "",
+        f"Test top-1 on {report['test_images']:,} Fashion-MNIST test images"
+        + (f", mean ± standard deviation over {report['profile']['study']['seeds']} seeds." if spread else ", one run per model:"
+           " differences of a few tenths of a percent are within run-to-run noise."),
+        "MACs are multiply-adds of convs and the classifier; latency is the median of interleaved repeats in one process.",
+        "",
+        "![allocation](allocation.png)",
+        "",
+        "![curves](curves.png)",
+        "",
+        "Is the allocation worth it? " + report["study_findings"],
+        "",
+        "Learned allocation, per stage:",
+        "",
+        "```",
+        format_stage_summary(learned),
+        "```",
+        "",
+        "Notes:",
+        "",
+        *[f"- {n}" for n in report["notes"]],
+        f"- seed network validation top-1 before selection: {100 * (report['seed_val_top1'] or 0):.2f}%",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _agreement_lines(report: dict[str, Any]) -> list[str]:
+    n = report["agreement_runs"]
+    lines = [
+        f"Reproducibility of the allocation: its {n} seed network(s) against chance (random draws of as many neurons "
+        "from the seed's pool), by stage. Ratio: their mean pairwise TV distance over chance's (below 1: they agree "
+        "better than chance); z: how far their mean allocation sits from the uniform split, in standard deviations "
+        "of chance's.",
+        "",
+        "| stage | " + " | ".join(str(s["stage"]) for s in report["agreement"]) + " |",
+        "|---|" + "---:|" * len(report["agreement"]),
+        "| ratio to chance | " + " | ".join("-" if s["ratio"] is None else f"{s['ratio']:.2f}x" for s in report["agreement"]) + " |",
+        "| preference z | " + " | ".join("-" if s["z"] is None else f"{s['z']:.1f}" for s in report["agreement"]) + " |",
+    ]
+    return lines

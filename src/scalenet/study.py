@@ -36,21 +36,25 @@ import json
 import math
 import os
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from .allocation import (
-    BlockScores, LatencyBudget, MacsBudget, WidthBudget, allocate, default_layout, load_runs, seed_epochs, seed_structure,
-    select, select_runs, stage_summary,
+    BlockScores, Budget, LatencyBudget, MacsBudget, Selection, WidthBudget, allocate, budget_from, default_layout,
+    load_runs, seed_epochs, seed_structure, select, select_runs,
 )
 from .fileio import atomic_write_text
-from .runs import auto_jobs, in_processes
+from .report import format_study, plot_study, stage_summary
 from .structure import Structure
+from .training import TrainConfig, auto_jobs, in_processes
 
-__all__ = ["ARMS", "StudyConfig", "run_study", "paired_interval", "t_quantile", "arm_structure", "format_study"]
+__all__ = [
+    "ARMS", "RULES", "ARM_BUILDERS", "STUDY_RECIPE", "StudyConfig", "run_study", "build_arms", "summarize_study",
+    "paired_interval", "t_quantile", "arm_structure", "format_study",
+]
 
 ARMS = ("learned", "uniform", "random", "resnet", "heuristic")
 #: Arms that need a latency model (``--latency-model``); not in the default set.
@@ -64,24 +68,25 @@ def _latency_alpha(alpha: float | None) -> float:
     return LATENCY_ALPHA if alpha is None else alpha
 
 
+#: Every arm's training recipe unless told otherwise: short runs without augmentation.
+STUDY_RECIPE = TrainConfig(epochs=2, batch_size=64, lr=0.1, wd=5e-4, warmup=0.2, augment=False, channels_last=True,
+                           tensorboard=False)
+#: The recipe's entries a study's settings record (flat, beside the study's own).
+RECIPE_SETTINGS = ("seed", "epochs", "batch_size", "lr", "wd", "warmup", "augment")
+
+
 @dataclass
 class StudyConfig:
     data: str = "fashion-mnist"
     arms: tuple[str, ...] = ARMS
     seeds: int = 5
-    seed: int = 0  # the first training seed; the allocation's seed networks start here too
     width_mult: float | None = None  # the learned arm's budget (default 1.0), or:
     macs: int | None = None
     layers: tuple[int, ...] | None = None
     width: int | None = None
     image_size: int | None = None
-    # training recipe of every arm
-    epochs: int = 2
-    batch_size: int = 64
-    lr: float = 0.1
-    wd: float = 5e-4
-    warmup: float = 0.2
-    augment: bool = False
+    # every arm's recipe; its seed is the first training seed, and the allocation's seed networks start there too
+    train: TrainConfig = field(default_factory=lambda: dataclasses.replace(STUDY_RECIPE))
     train_subset: int | None = None
     val_subset: int | None = 2000  # per-epoch validation; the final test uses the whole split
     # the learned arm's allocation
@@ -93,7 +98,31 @@ class StudyConfig:
     latency_ms: float | None = None  # every arm's latency budget (default: the learned arm's prediction)
     latency_alpha: float | None = None  # the latency arm's scores per ms**alpha (None: LATENCY_ALPHA)
     jobs: int | None = None  # concurrent trainings (each with cores / jobs threads); None: one per CPU core
-    progress: bool = True
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    @property
+    def progress(self) -> bool:
+        return self.train.progress
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the results (not how many processes run them, nor progress bars), flat:
+        the study's entries and the recipe's :data:`RECIPE_SETTINGS`."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("train", "jobs")}
+        flat = {**own, **{k: getattr(self.train, k) for k in RECIPE_SETTINGS}}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in flat.items()}
+
+    @classmethod
+    def from_settings(cls, flat: dict[str, Any], **extra: Any) -> "StudyConfig":
+        """The inverse of :meth:`settings` (``extra``: ``jobs``, ``progress``), e.g. in a worker process."""
+        values = {**flat, **extra}
+        recipe = {k: values.pop(k) for k in (*RECIPE_SETTINGS, "progress") if k in values}
+        for key in ("arms", "layers"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values, train=dataclasses.replace(STUDY_RECIPE, **recipe))
 
     def check(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS + LATENCY_ARMS]
@@ -172,43 +201,51 @@ def _apportioned(pool: Structure, shares_by_stage: Sequence[Sequence[float]]) ->
     ]
 
 
-def arm_structure(arm: str, pool: Structure, target: "int | LatencyBudget", num_classes: int, in_chans: int,
+def _uniform(pool: Structure, random_seed: int) -> tuple[Structure, list[BlockScores]]:
+    return pool, _apportioned(pool, [[1.0] * len(pool.scales)] * len(pool.layers))
+
+
+def _heuristic(pool: Structure, random_seed: int) -> tuple[Structure, list[BlockScores]]:
+    return pool, _apportioned(pool, _published_stage_shares(pool.scales, len(pool.layers)))
+
+
+def _resnet(pool: Structure, random_seed: int) -> tuple[Structure, list[BlockScores]]:
+    """One 3x3 conv: a pool of the single scale x1."""
+    pool = Structure.uniform(pool.layers, [4 * p for p in pool.stage_planes()], scales=(1,), stem=pool.stem,
+                             width=pool.width, image_size=pool.image_size)
+    return pool, _apportioned(pool, [[1.0]] * len(pool.layers))
+
+
+def _random(pool: Structure, random_seed: int) -> tuple[Structure, list[BlockScores]]:
+    g = torch.Generator().manual_seed(random_seed)
+    return pool, [BlockScores(spec.name, [torch.rand(c, generator=g).tolist() for c in spec.channels],
+                              pool.neuron_macs(spec)) for spec in pool.blocks()]
+
+
+#: The arms with a fixed rule: (seed pool, random seed) -> the pool to select from and its
+#: neurons' scores, which any top-k selection under the budget then follows.
+RULES = {"uniform": _uniform, "random": _random, "resnet": _resnet, "heuristic": _heuristic}
+
+
+def arm_structure(arm: str, pool: Structure, target: "int | Budget", num_classes: int, in_chans: int,
                   random_seed: int = 0) -> Structure:
     """A non-learned arm in ``pool``'s layout (a seed structure: abundant, uniform neurons per
-    scale) with MACs within 1% of ``target`` (or under a :class:`LatencyBudget`): its neurons
-    ranked by the arm's rule and kept per block under that budget, as the learned arm's are
-    ranked by |gamma|."""
-    stages = len(pool.layers)
-    if arm == "uniform":
-        scores = _apportioned(pool, [[1.0] * len(pool.scales)] * stages)
-    elif arm == "heuristic":
-        scores = _apportioned(pool, _published_stage_shares(pool.scales, stages))
-    elif arm == "resnet":  # one 3x3 conv: a pool of the single scale x1
-        pool = Structure.uniform(pool.layers, [4 * p for p in pool.stage_planes()], scales=(1,), stem=pool.stem,
-                                 width=pool.width, image_size=pool.image_size)
-        scores = _apportioned(pool, [[1.0]] * stages)
-    elif arm == "random":
-        g = torch.Generator().manual_seed(random_seed)
-        scores = [BlockScores(spec.name, [torch.rand(c, generator=g).tolist() for c in spec.channels],
-                              pool.neuron_macs(spec)) for spec in pool.blocks()]
-    else:
+    scale) with MACs within 1% of ``target`` (or under another budget, e.g. a
+    :class:`LatencyBudget`): its neurons ranked by the arm's rule (:data:`RULES`) and kept per
+    block under that budget, as the learned arm's are ranked by |gamma|."""
+    if arm not in RULES:
         raise ValueError(f"arm {arm!r} has no fixed structure")
-    budget = target if isinstance(target, LatencyBudget) else MacsBudget(target, TOLERANCE)
-    what = f"{target.ms:.2f} ms" if isinstance(target, LatencyBudget) else f"{target:,} MACs"
+    budget = MacsBudget(target, TOLERANCE) if isinstance(target, int) else target
+    pool, scores = RULES[arm](pool, random_seed)
     try:
-        structure = select(scores, pool, budget, num_classes=num_classes, in_chans=in_chans)[0]
+        structure = select(scores, budget.bind(pool, num_classes, in_chans))[0]
     except ValueError as e:
-        raise ValueError(f"the {arm} arm cannot match {what} within 1% ({e}); choose a larger budget or "
+        raise ValueError(f"the {arm} arm cannot match {budget.describe()} within 1% ({e}); choose a larger budget or "
                          "--width") from None
     return dataclasses.replace(structure, name=arm if arm != "random" else f"random-{random_seed}")
 
 
 # ---------------------------------------------------------------------------- running a study
-def _settings(cfg: StudyConfig) -> dict[str, Any]:
-    """What decides the results (not how many processes run them)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k not in ("jobs", "progress")}
-
-
 #: What a study directory holds (structures/ may be filled by hand beforehand, as the README shows).
 STUDY_FILES = frozenset({"settings.json", "structures", "results", "runs", "study.json", "study.md", "study.png",
                          "latency.json"})
@@ -227,7 +264,7 @@ def _prepare(cfg: StudyConfig, out: Path) -> None:
     saved = out / "settings.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
-        differ = sorted(k for k in set(old) | set(_settings(cfg)) if old.get(k) != _settings(cfg).get(k))
+        differ = sorted(k for k in set(old) | set(cfg.settings()) if old.get(k) != cfg.settings().get(k))
         if differ:
             raise ValueError(f"{out} holds a study with other settings ({', '.join(differ)}); resume it with the same "
                              "settings or choose another --out")
@@ -242,70 +279,97 @@ def _layout(cfg: StudyConfig, image_size: int) -> dict[str, Any]:
 
 def _learned(cfg: StudyConfig, out: Path) -> Structure:
     from .data import build_data
-    from .engine import TrainConfig
 
     path = out / "structures" / "learned.json"
     if path.is_file():
         return Structure.load(path)
     data = build_data(cfg.data, cfg.image_size, train_subset=cfg.seed_subset, val_subset=cfg.val_subset, seed=cfg.seed)
     layout = _layout(cfg, data.image_size)
-    kwargs = {"jobs": cfg.jobs, **({} if cfg.repeats is None else {"repeats": cfg.repeats})}
-    result = allocate(
-        data, layers=layout["layers"], width=layout["width"], width_mult=cfg.width_mult, macs=cfg.macs,
-        train_config=TrainConfig(epochs=cfg.seed_epochs or seed_epochs(len(data.train)), batch_size=cfg.batch_size, lr=cfg.lr, wd=cfg.wd,
-                                 warmup=cfg.warmup, augment=cfg.augment, channels_last=True, seed=cfg.seed,
-                                 progress=cfg.progress, tensorboard=False),
-        name="learned", **kwargs,
-    )
+    given = cfg.width_mult is not None or cfg.macs is not None
+    budget = budget_from(cfg.width_mult, cfg.macs) if given else WidthBudget(1.0)
+    recipe = dataclasses.replace(cfg.train, epochs=cfg.seed_epochs or seed_epochs(len(data.train)))
+    result = allocate(data, budget, layers=layout["layers"], width=layout["width"], jobs=cfg.jobs, train_config=recipe,
+                      name="learned", **({} if cfg.repeats is None else {"repeats": cfg.repeats}))
     result.save(path, title=f"learned allocation for the study ({data.name})")
     return result.structure
 
 
-def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
-    """Every arm's structure (the random arm: one per training seed), matched in MACs, cached in
-    ``out/structures``. Raises one clear error when an arm cannot match the budget."""
-    layout = _layout(cfg, image_size)
-    seed_pool = seed_structure(layout["layers"], stem=layout["stem"], width=layout["width"], image_size=image_size)
-    learned = _learned(cfg, out) if "learned" in cfg.arms else None
-    if cfg.macs is not None:
-        target = cfg.macs
-    elif learned is not None:
-        target = learned.macs(None, num_classes, in_chans)
-    else:  # no learned arm: the uniform split at the width multiplier sets the budget
-        k = [WidthBudget(cfg.width_mult or 1.0).neurons(p, 10**9) for p in seed_pool.stage_planes()]
-        target = Structure.uniform(layout["layers"], [max(1, round(c / len(seed_pool.scales))) for c in k],
-                                   stem=layout["stem"], width=layout["width"], image_size=image_size).macs(None, num_classes, in_chans)
-    latency = None
-    if cfg.latency_model is not None:
-        from .latency import LatencyModel, current_settings
+@dataclass
+class _Arms:
+    """What every arm's builder may use: the study, the seed pool, the budget and the learned arm."""
 
-        model = LatencyModel.load(cfg.latency_model)
-        st = model.settings  # this machine, at the study's image size, as the model was measured
-        model.check(current_settings(st.device, st.threads, st.batch_size, image_size, st.compile), "--latency-model")
-        model.check_structure(seed_pool)
-        target = LatencyBudget(cfg.latency_ms or model.predict(learned), model, TOLERANCE)
-        latency = {"model": model, "target_ms": target.ms}
+    cfg: StudyConfig
+    out: Path
+    pool: Structure
+    budget: Budget
+    learned: Structure | None
+    num_classes: int
+    in_chans: int
+
+
+def _latency_arm(a: _Arms, random_seed: int) -> Structure:
+    """The learned arm's seed networks, selected again under the latency budget (scores per ms)."""
+    runs, seed, training = load_runs(a.out / "structures" / "learned.scores.json")
+    selection = Selection(alpha=_latency_alpha(a.cfg.latency_alpha))
+    return select_runs(runs, seed, a.budget, training, selection, name="latency").structure
+
+
+#: Every arm's builder, by name: (the study's arms context, the training seed) -> its structure.
+ARM_BUILDERS = {
+    "learned": lambda a, s: a.learned,
+    "latency": _latency_arm,
+    **{arm: (lambda a, s, arm=arm: arm_structure(arm, a.pool, a.budget, a.num_classes, a.in_chans, s)) for arm in RULES},
+}
+#: Arms built afresh for every training seed.
+PER_SEED = ("random",)
+
+
+def _macs_target(cfg: StudyConfig, pool: Structure, learned: Structure | None, num_classes: int, in_chans: int) -> int:
+    """The MACs every arm matches: ``--macs``, the learned arm's, or (no learned arm) the uniform
+    split's at the width multiplier."""
+    if cfg.macs is not None:
+        return cfg.macs
+    if learned is not None:
+        return learned.macs(None, num_classes, in_chans)
+    k = [WidthBudget(cfg.width_mult or 1.0).neurons(p, 10**9) for p in pool.stage_planes()]
+    return Structure.uniform(pool.layers, [max(1, round(c / len(pool.scales))) for c in k], stem=pool.stem,
+                             width=pool.width, image_size=pool.image_size).macs(None, num_classes, in_chans)
+
+
+def _latency_budget(cfg: StudyConfig, pool: Structure, learned: Structure | None, image_size: int) -> LatencyBudget:
+    """Every arm's latency budget: ``--latency-ms``, or the learned arm's prediction by the
+    study's cost model, checked against this machine at the study's image size."""
+    from .latency import LatencyModel, current_settings
+
+    model = LatencyModel.load(cfg.latency_model)
+    st = model.settings  # this machine, at the study's image size, as the model was measured
+    model.check(current_settings(st.device, st.threads, st.batch_size, image_size, st.compile), "--latency-model")
+    model.check_structure(pool)
+    return LatencyBudget(cfg.latency_ms or model.predict(learned), model, TOLERANCE)
+
+
+def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
+    """Every arm's structure (the random arm: one per training seed), matched in MACs (or in
+    latency), cached in ``out/structures``. Raises one clear error when an arm cannot match."""
+    layout = _layout(cfg, image_size)
+    pool = seed_structure(layout["layers"], stem=layout["stem"], width=layout["width"], image_size=image_size)
+    learned = _learned(cfg, out) if "learned" in cfg.arms else None
+    macs = _macs_target(cfg, pool, learned, num_classes, in_chans)
+    by_latency = cfg.latency_model is not None
+    budget = _latency_budget(cfg, pool, learned, image_size) if by_latency else MacsBudget(macs, TOLERANCE)
+    context = _Arms(cfg, out, pool, budget, learned, num_classes, in_chans)
+    seeds = range(cfg.seed, cfg.seed + cfg.seeds)
     arms: dict[str, Any] = {}
     for arm in cfg.arms:
-        if arm == "learned":
-            arms[arm] = learned
-        elif arm == "latency":
-            runs, seed, settings = load_runs(out / "structures" / "learned.scores.json")
-            arms[arm] = select_runs(runs, seed, target, settings, alpha=_latency_alpha(cfg.latency_alpha),
-                                    name="latency").structure
-        elif arm == "random":
-            arms[arm] = {s: arm_structure(arm, seed_pool, target, num_classes, in_chans, s)
-                         for s in range(cfg.seed, cfg.seed + cfg.seeds)}
-        else:
-            arms[arm] = arm_structure(arm, seed_pool, target, num_classes, in_chans)
+        build = ARM_BUILDERS[arm]
+        arms[arm] = {s: build(context, s) for s in seeds} if arm in PER_SEED else build(context, 0)
     for arm, s in arms.items():
         for seed, structure in (s.items() if isinstance(s, dict) else [(None, s)]):
             name = arm if seed is None else f"{arm}-seed{seed}"
             if arm != "learned":
                 structure.save(out / "structures" / f"{name}.json")
-    if latency is not None:
-        latency = _arm_latency(latency["model"], latency["target_ms"], arms, out, cfg.progress)
-    target_macs = target if isinstance(target, int) else learned.macs(None, num_classes, in_chans) if learned else None
+    latency = _arm_latency(budget.model, budget.ms, arms, out, cfg.progress) if by_latency else None
+    target_macs = macs if not by_latency else learned.macs(None, num_classes, in_chans) if learned else None
     return {"target_macs": target_macs, "latency": latency, "arms": arms}
 
 
@@ -334,18 +398,15 @@ def train_run(payload: dict[str, Any]) -> dict[str, Any]:
     """Trains and tests one (arm, seed) run; writes ``results/<arm>-seed<k>.json`` (in a worker
     process when the study runs several at once)."""
     from .data import build_data
-    from .engine import TrainConfig, evaluate, train
-    from .runs import NoCheckpointLeft
+    from .training import NoCheckpointLeft, evaluate, train
 
-    cfg = StudyConfig(**{**payload["config"], "arms": tuple(payload["config"]["arms"])})
+    cfg = StudyConfig.from_settings(payload["config"])
     out, arm, seed = Path(payload["out"]), payload["arm"], payload["seed"]
     structure = Structure.from_json(payload["structure"], source=f"{arm} structure")
     data = build_data(cfg.data, cfg.image_size, train_subset=cfg.train_subset, val_subset=cfg.val_subset, seed=cfg.seed)
     test = build_data(cfg.data, cfg.image_size, seed=cfg.seed)
     run_dir = out / "runs" / _run_name(arm, seed)
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, wd=cfg.wd, warmup=cfg.warmup,
-                            augment=cfg.augment, channels_last=True, seed=seed, tensorboard=False,
-                            progress=payload.get("bars", False))
+    train_cfg = dataclasses.replace(cfg.train, seed=seed, progress=payload.get("bars", False))
     try:
         result = train(structure, data, train_cfg, run_dir, resume=(run_dir / "last.pt").is_file(),
                        description=f"{arm} seed {seed}")
@@ -374,7 +435,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
     _prepare(cfg, out)
     spec = build_data(cfg.data, cfg.image_size, val_subset=1, seed=cfg.seed)  # classes, channels, size
     built = build_arms(cfg, out, spec.num_classes, spec.in_chans, spec.image_size)
-    atomic_write_text(out / "settings.json", json.dumps(_settings(cfg), indent=2) + "\n")
+    atomic_write_text(out / "settings.json", json.dumps(cfg.settings(), indent=2) + "\n")
     runs = [(arm, seed) for seed in range(cfg.seed, cfg.seed + cfg.seeds) for arm in cfg.arms]
     done = {r: json.loads((out / "results" / f"{_run_name(*r)}.json").read_text())
             for r in runs if (out / "results" / f"{_run_name(*r)}.json").is_file()}
@@ -382,7 +443,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
 
     def payload(arm: str, seed: int) -> dict[str, Any]:
         structure = built["arms"][arm][seed] if arm == "random" else built["arms"][arm]
-        return {"config": _settings(cfg), "out": str(out), "arm": arm, "seed": seed, "structure": structure.to_json(),
+        return {"config": cfg.settings(), "out": str(out), "arm": arm, "seed": seed, "structure": structure.to_json(),
                 "bars": cfg.progress and jobs == 1}
 
     jobs = auto_jobs(len(todo)) if cfg.jobs is None else cfg.jobs
@@ -427,83 +488,7 @@ def summarize_study(cfg: StudyConfig, target: int, results: list[dict[str, Any]]
         f"{base} - {arm}": paired_interval(arms[base]["top1_by_seed"], arms[arm]["top1_by_seed"])
         for arm in cfg.arms if arm != base
     }
-    return {"settings": _settings(cfg), "target_macs": target, "latency": latency, "arms": arms, "comparisons": comparisons,
+    if latency is not None:  # the latency arm's alpha as used, for the report
+        latency = {**latency, "alpha": _latency_alpha(cfg.latency_alpha)}
+    return {"settings": cfg.settings(), "target_macs": target, "latency": latency, "arms": arms, "comparisons": comparisons,
             "test_images": results[0]["test_images"] if results else 0}
-
-
-def format_study(report: dict[str, Any]) -> str:
-    """The study's markdown table."""
-    s = report["settings"]
-    lat = report.get("latency")
-    matched = (f"{lat['target_ms']:.2f} ms predicted latency (within 1% below)" if lat else
-               f"{report['target_macs']:,} MACs (within 1%)")
-    lines = [f"# Study on {s['data']}: {len(report['arms'])} arms at {matched}, {s['seeds']} seeds each", ""]
-    if lat:
-        st = lat["settings"]
-        threads = f" ({st['threads']} threads)" if st["threads"] else ""
-        alpha = _latency_alpha(s.get("latency_alpha"))
-        lines += [
-            f"Latency: fused forward, eval, batch {st['batch_size']}, {st['image_size']} px, "
-            f"{'compiled' if st['compile'] else 'eager'}, {st['device_name']}{threads}; predicted by the cost model, "
-            "measured (median of 7 interleaved rounds) before training. The learned arm (MACs-aware) sets the budget; "
-            f"the latency arm keeps neurons by score per ms^{alpha}.",
-            "",
-        ]
-    lines += [
-        f"Each arm trained {s['epochs']} epochs (batch {s['batch_size']}, LR {s['lr']}, "
-        f"{'crop + flip' if s['augment'] else 'no augmentation'}, "
-        f"{'all' if not s['train_subset'] else format(s['train_subset'], ',')} training images); test top-1 on "
-        f"{report['test_images']:,} images.",
-        "",
-        "| arm | test top-1 (mean ± std) | per seed | MACs | params |" + (" predicted ms | measured ms |" if lat else ""),
-        "|---|---:|---|---:|---:|" + ("---:|---:|" if lat else ""),
-    ]
-    for arm, a in report["arms"].items():
-        per_seed = ", ".join(f"{100 * v:.2f}" for v in a["top1_by_seed"])
-        ms = f" {a['predicted_ms']:.2f} | {a['measured_ms']:.2f} |" if lat else ""
-        lines.append(f"| {arm} | {100 * a['top1']:.2f}% ± {100 * a['top1_std']:.2f} | {per_seed} | "
-                     f"{a['macs'] / 1e6:.2f} M | {a['params'] / 1e3:.1f} K |{ms}")
-    lines += ["", "Paired by seed, with a 95% t-interval:", "", "| difference | mean (points) | 95% interval |",
-              "|---|---:|---|"]
-    for name, c in report["comparisons"].items():
-        verdict = "above 0" if c["low"] > 0 else "below 0" if c["high"] < 0 else "includes 0"
-        lines.append(f"| {name} | {100 * c['mean']:+.2f} | [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] ({verdict}) |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_study(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Left: each arm's per-seed test top-1 (dots) with mean ± std. Right: the paired differences
-    with their 95% intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import save_figure
-
-    arms = list(report["arms"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw=dict(width_ratios=[1.2, 1]))
-    for i, arm in enumerate(arms):
-        a = report["arms"][arm]
-        left.scatter([i] * len(a["top1_by_seed"]), [100 * v for v in a["top1_by_seed"]], s=14, alpha=0.7)
-        left.errorbar([i + 0.18], [100 * a["top1"]], yerr=[100 * a["top1_std"]], fmt="o", color="black", capsize=4)
-    left.set_xticks(range(len(arms)))
-    left.set_xticklabels(arms, rotation=20)
-    left.set_ylabel("test top-1 (%)")
-    left.set_title("per seed (dots), mean ± std (black)", fontsize=9)
-    left.grid(alpha=0.3, axis="y")
-    names = list(report["comparisons"])
-    for j, name in enumerate(names):
-        c = report["comparisons"][name]
-        right.errorbar([100 * c["mean"]], [j], xerr=[[100 * (c["mean"] - c["low"])], [100 * (c["high"] - c["mean"])]],
-                       fmt="o", color="black", capsize=4)
-    right.axvline(0, color="grey", lw=0.8, ls="--")
-    right.set_yticks(range(len(names)))
-    right.set_yticklabels(names)
-    right.set_xlabel("difference in test top-1 (points), 95% interval")
-    right.set_title("paired by seed", fontsize=9)
-    lat = report.get("latency")
-    matched = f"{lat['target_ms']:.2f} ms predicted" if lat else f"{report['target_macs'] / 1e6:.2f} M MACs"
-    fig.suptitle(f"{report['settings']['data']}: arms at {matched}", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)

@@ -1,11 +1,11 @@
-"""Detector training and evaluation on the shared run layer (:mod:`scalenet.runs`).
+"""Detector training and evaluation on the shared run layer (:mod:`scalenet.training`).
 
 - SGD with momentum, linear warmup, then the LR times 0.1 at each of ``lr_steps`` (epochs):
   the usual Faster R-CNN "1x" recipe (12 epochs, steps at 8 and 11).
 - torchrun DDP (gloo on CPU, nccl on CUDA); ``batch_size`` is per process.
 - ``RUN_DIR/last.pt`` every epoch (and ``best.pt`` on a better validation AP), written
   atomically; ``resume=True`` continues exactly; ``metrics.jsonl`` one object per epoch.
-- A NaN or inf loss stops the run with :class:`~scalenet.runs.TrainingError`.
+- A NaN or inf loss stops the run with :class:`~scalenet.training.TrainingError`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from timm.utils import random_seed, unwrap_model
 from ..checkpoint import CheckpointError, read_state_dict
 from ..factory import resolve_structure
 from ..fileio import atomic_write_text, check_output_file
-from ..runs import (
-    DEFAULT_SAVE_EVERY, DistContext, RunDir, Updater, fit, progress_bar, setup_distributed,
+from ..training import (
+    DEFAULT_SAVE_EVERY, CheckpointSaver, DistContext, RunDir, Updater, fit, progress_bar, setup_distributed,
 )
 from ..structure import Structure
 from .data import CocoDetection, detection_loader
@@ -251,8 +251,9 @@ def train_detector(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, len(loader)))
     updater = Updater(optimizer, scheduler, torch.amp.GradScaler(d.device.type, enabled=cfg.amp and d.device.type == "cuda"))
     task = DetectionTask(structure, dataset, cfg, val_dataset, d)
-    result = fit(task, model, updater, loader, epochs=cfg.epochs, run=run, d=d, resume=resume, amp=cfg.amp,
-                 progress=cfg.progress, tensorboard=cfg.tensorboard, save_every=cfg.save_every)
+    saver = CheckpointSaver(run, d, save_every=cfg.save_every, tensorboard=cfg.tensorboard)
+    result = fit(task, model, updater, loader, saver, epochs=cfg.epochs, d=d, resume=resume, amp=cfg.amp,
+                 progress=cfg.progress)
     return model, result.metrics
 
 

@@ -1,4 +1,4 @@
-"""Classification training and evaluation on the shared run layer (:mod:`scalenet.runs`).
+"""Classification training and evaluation on the shared run layer (:mod:`scalenet.training`).
 
 - SGD with momentum, cosine LR with linear warmup, stepped per iteration (the release's recipe).
 - DDP when launched by torchrun (gloo on CPU, nccl on CUDA); metrics are reduced across
@@ -22,14 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 from timm.utils import random_seed
 
-from .checkpoint import CheckpointError, read_state_dict
-from .data import BUILTIN, DataSpec, build_data
-from .factory import create_model
-from .models.scalenet import checkpoint_filter_fn
-from .runs import (
-    DEFAULT_SAVE_EVERY, DistContext, RunDir, TrainingError, Updater, autocast, batches, fit, setup_distributed,
-)
-from .structure import Structure
+from ..checkpoint import CheckpointError, read_state_dict
+from ..data import BUILTIN, DataSpec, build_data
+from ..factory import create_model
+from ..models.scalenet import checkpoint_filter_fn
+from ..structure import Structure
+from .checkpointing import DEFAULT_SAVE_EVERY, CheckpointSaver, RunDir
+from .distributed import DistContext, autocast, setup_distributed
+from .loop import TrainingError, Updater, batches, fit
 
 __all__ = [
     "TrainConfig",
@@ -241,7 +241,7 @@ class ClassificationTask:
 def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, announce: bool = True) -> None:
     """Loads every fitting tensor of ``path`` into ``model`` (:func:`scalenet.checkpoint.load_init`);
     says in one line when the classifier stays freshly initialised."""
-    from .checkpoint import load_init
+    from ..checkpoint import load_init
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--init: weights not found: {path}")
@@ -306,8 +306,8 @@ def train(
         )
     updater = _updater(model, cfg, len(train_loader), d.device)
     task = ClassificationTask(structure, data, cfg, val_loader, d, description or structure.name or "model")
-    result = fit(task, model, updater, train_loader, epochs=cfg.epochs, run=run, d=d, resume=resume,
-                 compile=cfg.compile, amp=cfg.amp, regularizer=regularizer, on_epoch=on_epoch, progress=cfg.progress,
-                 tensorboard=cfg.tensorboard, save_every=cfg.save_every)
+    saver = CheckpointSaver(run, d, save_every=cfg.save_every, tensorboard=cfg.tensorboard)
+    result = fit(task, model, updater, train_loader, saver, epochs=cfg.epochs, d=d, resume=resume,
+                 compile=cfg.compile, amp=cfg.amp, regularizer=regularizer, on_epoch=on_epoch, progress=cfg.progress)
     return TrainResult(model=model, metrics=result.metrics, best_top1=result.best,
                        run_dir=run.path if run is not None else None)

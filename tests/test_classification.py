@@ -12,7 +12,7 @@ from torch import nn
 from scalenet.checkpoint import read_state_dict, save_weights
 from scalenet.cli import main
 from scalenet.data import TensorBatches, TensorData, build_data
-from scalenet.engine import TrainConfig, TrainingError, evaluate, model_from_checkpoint, train
+from scalenet.training import TrainConfig, TrainingError, evaluate, model_from_checkpoint, train
 
 from helpers import cli, free_port, make_image_folder, tiny_structure
 
@@ -263,7 +263,7 @@ def test_model_too_deep_for_the_image_size(tmp_path, capsys):
 def test_init_loads_what_fits_resets_another_classifier_and_names_what_does_not(tmp_path, folder, capsys):
     from scalenet import create_model
     from scalenet.checkpoint import CheckpointError
-    from scalenet.engine import start_from
+    from scalenet.training import start_from
 
     run = tmp_path / "a"
     train(tiny_structure(), build_data(folder), TrainConfig(epochs=1, **FAST), run)  # 3 classes

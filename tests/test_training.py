@@ -10,10 +10,15 @@ from torch import nn
 
 from scalenet.checkpoint import CheckpointError, read_state_dict
 from scalenet.data import ShardSampler
-from scalenet.runs import (
-    PREEMPTED_EXIT_CODE, DistContext, Preempted, RunDir, TrainingError, Updater, check_same_run, fit, in_processes,
+from scalenet.training import (
+    PREEMPTED_EXIT_CODE, CheckpointSaver, DistContext, Preempted, RunDir, TrainingError, Updater, check_same_run, fit,
+    in_processes,
     train_one_epoch,
 )
+
+
+def saver(run, **kw):
+    return CheckpointSaver(run, DistContext(), **kw)
 
 
 class Batches:
@@ -145,7 +150,7 @@ def test_fit_learns_saves_best_and_resumes_exactly(tmp_path):
     model, updater, loader, task = _setup()
     run = RunDir(tmp_path / "a", "toy")
     run.prepare(resume=False)
-    straight = fit(task, model, updater, loader, epochs=4, run=run, d=DistContext(), progress=False)
+    straight = fit(task, model, updater, loader, saver(run), epochs=4, d=DistContext(), progress=False)
     assert straight.metrics[-1]["train_loss"] < straight.metrics[0]["train_loss"]
     assert straight.best == max(r["val_score"] for r in straight.metrics)
     assert (tmp_path / "a" / "model.safetensors").is_file()
@@ -153,9 +158,9 @@ def test_fit_learns_saves_best_and_resumes_exactly(tmp_path):
     model, updater, loader, task = _setup()
     run = RunDir(tmp_path / "b", "toy")
     run.prepare(resume=False)
-    fit(task, model, updater, loader, epochs=2, run=run, d=DistContext(), progress=False)
+    fit(task, model, updater, loader, saver(run), epochs=2, d=DistContext(), progress=False)
     model, updater, loader, task = _setup(seed=5)  # other weights and RNG: the checkpoint must restore them
-    resumed = fit(task, model, updater, loader, epochs=4, run=run, d=DistContext(), resume=True, progress=False)
+    resumed = fit(task, model, updater, loader, saver(run), epochs=4, d=DistContext(), resume=True, progress=False)
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3, 4]
     a, b = read_state_dict(tmp_path / "a" / "last.pt"), read_state_dict(run.last)
     for k in a["model"]:
@@ -163,7 +168,7 @@ def test_fit_learns_saves_best_and_resumes_exactly(tmp_path):
 
     task.identity = lambda: {"shape": [3, 1]}
     with pytest.raises(ValueError, match="holds a run with a different shape"):
-        fit(task, model, updater, loader, epochs=5, run=run, d=DistContext(), resume=True, progress=False)
+        fit(task, model, updater, loader, saver(run), epochs=5, d=DistContext(), resume=True, progress=False)
 
 
 def _square_and_threads(x):
@@ -208,7 +213,7 @@ def _straight(tmp_path, epochs=3):
     model, updater, loader, task = _setup()
     run = RunDir(tmp_path / "straight", "toy")
     run.prepare(resume=False)
-    return fit(task, model, updater, loader, epochs=epochs, run=run, d=DistContext(), progress=False, save_every=None)
+    return fit(task, model, updater, loader, saver(run, save_every=None), epochs=epochs, d=DistContext(), progress=False)
 
 
 def _same_weights(a, b):
@@ -223,15 +228,14 @@ def test_a_run_resumed_inside_an_epoch_ends_with_the_same_weights_and_records(tm
     run = RunDir(tmp_path / "b", "toy")
     run.prepare(resume=False)
     with pytest.raises(Crash):  # 8 steps per epoch: the 11th batch is epoch 2's third
-        fit(task, model, updater, Interrupted(loader, 11, _crash), epochs=3, run=run, d=DistContext(), progress=False,
-            save_every=1e-9)  # a step checkpoint after every step
+        fit(task, model, updater, Interrupted(loader, 11, _crash), saver(run, save_every=1e-9), epochs=3, d=DistContext(), progress=False)  # a step checkpoint after every step
     assert [pos for pos, _ in run.step_files()] == [(1, 2), (1, 1)]  # at most two kept, the newest
     assert read_state_dict(run.last)["epoch"] == 1
     assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]
 
     model, updater, loader, task = _setup(seed=5)  # other weights and RNG: the checkpoint must restore them
     capsys.readouterr()
-    resumed = fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+    resumed = fit(task, model, updater, loader, saver(run), epochs=3, d=DistContext(), resume=True, progress=False)
     assert "from step-e0002-s0000002.pt (epoch 2, step 2)" in capsys.readouterr().out
     _same_weights(tmp_path / "straight" / "last.pt", run.last)
     # the resumed epoch's record covers the whole epoch, the steps before the crash included
@@ -246,13 +250,12 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_complete_one(tmp_path
     run = RunDir(tmp_path / "b", "toy")
     run.prepare(resume=False)
     with pytest.raises(Crash):
-        fit(task, model, updater, Interrupted(loader, 12, _crash), epochs=3, run=run, d=DistContext(), progress=False,
-            save_every=1e-9)
+        fit(task, model, updater, Interrupted(loader, 12, _crash), saver(run, save_every=1e-9), epochs=3, d=DistContext(), progress=False)
     newest = run.step_files()[0][1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # cut off mid-write
     model, updater, loader, task = _setup(seed=5)
     capsys.readouterr()
-    fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+    fit(task, model, updater, loader, saver(run), epochs=3, d=DistContext(), resume=True, progress=False)
     out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
     assert len(out) == 1 and "step-e0002-s0000003.pt is cut off or damaged (unreadable)" in out[0]
     assert "resuming from step-e0002-s0000002.pt instead (epoch 2, step 2)" in out[0]
@@ -262,7 +265,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_complete_one(tmp_path
         f.write_bytes(f.read_bytes()[:100])
     model, updater, loader, task = _setup()
     with pytest.raises(CheckpointError, match=r"no complete checkpoint left in \S+ to resume from: last.pt is cut off or damaged \(unreadable\); step-e"):
-        fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+        fit(task, model, updater, loader, saver(run), epochs=3, d=DistContext(), resume=True, progress=False)
 
 
 @pytest.mark.numerics
@@ -273,8 +276,7 @@ def test_sigterm_finishes_the_step_saves_the_position_and_the_run_continues_exac
     run.prepare(resume=False)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Preempted) as stop:
-        fit(task, model, updater, Interrupted(loader, 11, lambda: os.kill(os.getpid(), signal.SIGTERM)), epochs=3,
-            run=run, d=DistContext(), progress=False, save_every=None)
+        fit(task, model, updater, Interrupted(loader, 11, lambda: os.kill(os.getpid(), signal.SIGTERM)), saver(run, save_every=None), epochs=3, d=DistContext(), progress=False)
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is fit's only while it runs
     assert stop.value.exit_code == 143 == PREEMPTED_EXIT_CODE
     assert stop.value.checkpoint.name == "step-e0002-s0000003.pt"  # the 11th batch still trained
@@ -283,7 +285,7 @@ def test_sigterm_finishes_the_step_saves_the_position_and_the_run_continues_exac
 
     model, updater, loader, task = _setup(seed=5)
     assert run.prepare(resume="auto")
-    fit(task, model, updater, loader, epochs=3, run=run, d=DistContext(), resume=True, progress=False)
+    fit(task, model, updater, loader, saver(run), epochs=3, d=DistContext(), resume=True, progress=False)
     _same_weights(tmp_path / "straight" / "last.pt", run.last)
 
 
@@ -291,7 +293,7 @@ def test_save_every_must_be_positive(tmp_path):
     model, updater, loader, task = _setup()
     for bad in (0, -1.0):
         with pytest.raises(ValueError, match=f"--save-every must be a positive number of minutes, got {bad}"):
-            fit(task, model, updater, loader, epochs=1, run=None, d=DistContext(), progress=False, save_every=bad)
+            fit(task, model, updater, loader, saver(None, save_every=bad), epochs=1, d=DistContext(), progress=False)
 
 
 def test_shard_sampler_starts_inside_an_epoch_and_seeds_each_sample():
@@ -307,3 +309,21 @@ def test_shard_sampler_starts_inside_an_epoch_and_seeds_each_sample():
     # epochs are counted from 1 in messages (set_epoch takes the 0-based index, as fit passes it)
     with pytest.raises(ValueError, match="cannot start epoch 5 at sample 11: this process's share of the epoch has 10"):
         s.set_epoch(4, start=11)
+
+
+def test_the_checkpoint_saver_owns_sigterm_and_writes_nothing_without_a_run(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    with saver(None).start(0, []) as quiet:
+        assert signal.getsignal(signal.SIGTERM) is before  # without a run SIGTERM still kills the process
+        assert quiet.step_hook(lambda **position: {}) is None and quiet.kept(3) == "nothing was saved"
+        quiet.end_epoch(lambda: pytest.fail("no checkpoint is built without a run"), {"epoch": 1}, True, more=True)
+        quiet.finish()
+    run = RunDir(tmp_path / "r", "toy")
+    run.prepare(resume=False)
+    with saver(run, tensorboard=True).start(0, []) as writing:
+        assert signal.getsignal(signal.SIGTERM) is not before  # caught while the epochs run
+        writing.end_epoch(lambda: {"format": "toy", "epoch": 1, "model": {}}, {"epoch": 1, "val_score": 0.5}, True, more=True)
+    assert signal.getsignal(signal.SIGTERM) is before  # and given back after
+    assert read_state_dict(run.last)["epoch"] == 1 and run.best.is_file()
+    assert [json.loads(line)["epoch"] for line in run.metrics_file.read_text().splitlines()] == [1]
+    assert any((run.path / "tensorboard").iterdir())

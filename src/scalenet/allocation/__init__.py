@@ -1,0 +1,55 @@
+"""Data-driven neuron allocation (paper Sec. 3.2, Algorithm 1), in pieces that can be swapped.
+
+1. A *seed* network with abundant, uniform neurons per scale is trained on the task's data
+   (:func:`seed_structure`; optionally with a :class:`BNScaleL1` regulariser).
+2. An *importance* scores every output neuron of every SA branch (:class:`BNScale`: its BN
+   scale |gamma|), normalised per block. At selection the scores may be divided by each
+   neuron's cost under the budget to the power ``alpha`` (:func:`weigh_by_cost`).
+3. A *selector* keeps neurons under a *budget* and counts them per scale, which gives each
+   block's row ``[C_1, C_2, C_4, C_7, side]``. Budgets: :class:`WidthBudget` (a multiple of
+   the ResNet width per block) or :class:`MacsBudget` (the network's multiply-adds).
+   Selectors: :func:`select_per_block` (the paper: the top neurons of each block) or
+   :func:`select_global` (all blocks' neurons ranked together, network-slimming style, so the
+   budget can move between blocks). Every block keeps at least one neuron; a scale may end up
+   with none.
+
+A network's MACs are linear in the kept neurons (:meth:`Structure.neuron_macs`): each neuron
+costs its branch conv plus its column of the 1x1 conv after the concatenation; everything
+else does not depend on the allocation (:class:`CostModel`).
+
+The package, one concept a file:
+
+- :mod:`.importance`: scores (:class:`BNScale`, :class:`BNScaleL1`);
+- :mod:`.budgets`: budgets and cost models (:meth:`WidthBudget.bind` gives the
+  :class:`BoundBudget` the selection works with);
+- :mod:`.select`: the selectors and the weighing of scores by cost (``alpha``);
+- :mod:`.rounding`: branches rounded to a multiple of some neurons;
+- :mod:`.combine`: several seed networks' scores or allocations combined;
+- :mod:`.pipeline`: seed structure, :func:`allocate`, :func:`select_runs`, the result and its files.
+"""
+
+from ..latency import latency_model_for  # noqa: F401 (resolves a latency budget's model; importable from here)
+from ..report import format_stage_summary, stage_summary  # noqa: F401 (the stage tables; importable from here)
+from .budgets import (
+    TARGET_BUDGETS, Budget, BoundBudget, CostModel, LatencyBudget, LatencyCost, MacsBudget, WidthBudget, budget_from,
+    minimum_macs,
+)
+from .combine import COMBINES, combine_mean, combine_union
+from .importance import NORMALIZERS, BlockScores, BNScale, BNScaleL1, Importance, Neuron, normalize, unweigh
+from .pipeline import (
+    DEFAULT_COMBINE, DEFAULT_REPEATS, SEED_IMAGES, AllocationResult, SeedRun, SeedSettings, Selection, allocate,
+    default_layout, load_runs, seed_epochs, seed_structure, select_runs,
+)
+from .rounding import multiple_pool, round_channels
+from .select import SELECTORS, check_alpha, select, select_global, select_per_block, weigh_by_cost
+
+__all__ = [
+    "BlockScores", "Importance", "BNScale", "NORMALIZERS", "normalize", "BNScaleL1", "unweigh",
+    "WidthBudget", "MacsBudget", "LatencyBudget", "TARGET_BUDGETS", "Budget", "BoundBudget", "budget_from",
+    "CostModel", "LatencyCost", "minimum_macs",
+    "weigh_by_cost", "check_alpha", "select_per_block", "select_global", "SELECTORS", "select",
+    "round_channels", "multiple_pool", "combine_union", "combine_mean", "COMBINES",
+    "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SEED_IMAGES", "seed_epochs", "SeedSettings", "Selection", "SeedRun",
+    "AllocationResult", "seed_structure", "allocate", "default_layout", "load_runs", "select_runs",
+    "latency_model_for", "stage_summary", "format_stage_summary",
+]

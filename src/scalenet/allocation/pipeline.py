@@ -1,0 +1,398 @@
+"""The whole allocation: seed structure, seed networks trained and scored, selection under a
+budget, and the result with its files (structure, ``.scores.json`` sidecar, chart).
+
+Two typed records say what a result depends on, and travel in its sidecar:
+:class:`SeedSettings` (how the seed networks were trained) and :class:`Selection` (how neurons
+were kept: scope, combination, ``alpha``, rounding). The budget is a :class:`Budget` object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..structure import Structure
+from .budgets import Budget, BoundBudget, WidthBudget
+from .combine import COMBINES, combine_mean, combine_union
+from .importance import BlockScores, BNScale, BNScaleL1, Importance, unweigh
+from .rounding import multiple_pool, round_channels
+from .select import SELECTORS, check_alpha, select, weigh_by_cost
+
+__all__ = [
+    "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SEED_IMAGES", "SeedSettings", "Selection", "SeedRun", "AllocationResult",
+    "seed_structure", "seed_epochs", "default_layout", "allocate", "select_runs", "load_runs",
+]
+
+#: Defaults chosen by measurement (benchmarks/allocation_agreement.py, demo setting): single
+#: seed networks agree no better than chance, however long they train; 16 networks of one
+#: epoch each, averaged, agree at 0.34x / 0.19x / 0.28x chance by stage (``union``: 0.32x /
+#: 0.22x / 0.33x), and take about 4 minutes on 2 cores, two at a time.
+DEFAULT_REPEATS = 16
+DEFAULT_COMBINE = "mean"
+#: Each seed network trains for the fewest whole epochs that show it this many images (one
+#: epoch of the demo's 8,000; longer schedules did not make the rankings agree more).
+SEED_IMAGES = 8000
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    """How the seed networks were trained and scored: what their scores depend on (the first
+    part of a sidecar's ``settings``)."""
+
+    data: str
+    image_size: int
+    num_classes: int
+    in_chans: int
+    layers: tuple[int, ...] = ()
+    scales: tuple[int, ...] = (1, 2, 4, 7)
+    seed_width: int | tuple[int, ...] | None = None
+    importance: str = "BNScale"
+    normalizer: str | None = "max"
+    importance_alpha: float | None = 0.0  # kept for old sidecars: scores are stored unweighted now
+    sparsity: float = 0.0
+    seed_epochs: int | None = None
+    seed: int = 0
+    repeats: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("layers", "scales", "seed_width"):
+            if isinstance(out[key], tuple):
+                out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "SeedSettings":
+        """The record from a sidecar's ``settings`` (which also hold the selection's entries)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        for key in ("layers", "scales", "seed_width"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How neurons are kept under the budget: ``scope`` (:data:`SELECTORS`), how several seed
+    networks are combined (:data:`COMBINES`), ``alpha`` (scores per unit of cost,
+    :func:`weigh_by_cost`) and the rounding of each branch to a multiple of ``multiple_of``."""
+
+    scope: str = "block"
+    alpha: float = 0.0
+    combine: str = DEFAULT_COMBINE
+    multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scope not in SELECTORS:
+            raise ValueError(f"scope {self.scope!r} is unknown; use {' or '.join(SELECTORS)}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine {self.combine!r} is unknown; use {' or '.join(COMBINES)}")
+        check_alpha(self.alpha)
+
+    def check(self, seed: Structure) -> None:
+        """Refuses a ``multiple_of`` the seed cannot offer, before any training or selection."""
+        if self.multiple_of is not None:
+            multiple_pool(seed, self.multiple_of)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "Selection":
+        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
+
+
+def seed_structure(
+    layers: Sequence[int],
+    *,
+    seed_width: int | Sequence[int] | None = None,
+    scales: Sequence[int] = (1, 2, 4, 7),
+    stem: str = "imagenet",
+    width: int = 64,
+    image_size: int = 224,
+) -> Structure:
+    """The abundant seed: C neurons for every scale of every block (default C = the block's planes)."""
+    planes = [width * 2**i for i in range(len(layers))]
+    per_stage = planes if seed_width is None else seed_width
+    if isinstance(per_stage, int) and per_stage < 1 or not isinstance(per_stage, int) and min(per_stage) < 1:
+        raise ValueError(f"--seed-width must be a positive number of neurons per scale, got {seed_width}")
+    seed = Structure.uniform(layers, per_stage, scales=tuple(scales), stem=stem, width=width, image_size=image_size,
+                             name="seed")
+    sides = seed.stage_sides()
+    unused = [s for s in seed.scales if all(side // s < 1 for side in sides)]
+    if unused:
+        raise ValueError(
+            f"scales {','.join(map(str, unused))} do not fit any feature map (largest side {max(sides)} at "
+            f"image size {image_size}); choose smaller --scales"
+        )
+    return seed
+
+
+def seed_epochs(train_images: int) -> int:
+    """The default seed schedule: the fewest whole epochs that show a seed network
+    :data:`SEED_IMAGES` images."""
+    return max(1, -(-SEED_IMAGES // max(1, train_images)))
+
+
+def default_layout(image_size: int) -> dict[str, Any]:
+    """Sensible defaults by image size: the small stem and three 1-block stages at 64 px or less,
+    else the ImageNet stem and the ResNet-50 layout."""
+    if image_size <= 64:
+        return dict(stem="small", layers=(1, 1, 1), width=16)
+    return dict(stem="imagenet", layers=(3, 4, 6, 3), width=64)
+
+
+@dataclass
+class SeedRun:
+    """One trained seed network: its seed, its neurons' scores, its own allocation under the
+    budget, and its training records."""
+
+    seed: int
+    scores: list[BlockScores]
+    structure: Structure
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class AllocationResult:
+    structure: Structure
+    scores: list[BlockScores]  # the combined ranking (the one run's scores when repeats=1)
+    seed: Structure
+    training: SeedSettings
+    selection: Selection
+    budget: Budget
+    predicted: float  # the structure's total under the budget's cost model, in ``unit``
+    unit: str = "MACs"
+    kept: list[list[list[int]]] = field(default_factory=list)  # per block, per scale: kept (combined) neuron indices
+    runs: list[SeedRun] = field(default_factory=list)
+    agreement: dict[str, Any] = field(default_factory=dict)  # scalenet.agreement.agreement_report of the runs
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything the result depends on, as the sidecar and the structure's meta record it."""
+        return {**self.training.to_json(), **self.budget.settings(), **self.selection.to_json(),
+                "predicted": self.predicted, "predicted_unit": self.unit}
+
+    @property
+    def seed_metrics(self) -> list[dict[str, Any]]:
+        return self.runs[0].metrics if self.runs else []
+
+    def sidecar(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "seed": self.seed.to_json(),
+            "macs": self.structure.macs(num_classes=self.training.num_classes, in_chans=self.training.in_chans),
+            "agreement": self.agreement,
+            "blocks": [
+                {"block": spec.name, "scales": list(self.seed.scales), "channels": list(row[:-1]),
+                 "costs": self.seed.neuron_macs(spec),
+                 # the combined ranking and the kept indices in it (a union of runs, or the one run)
+                 "scores": self.scores[b].scores if self.scores else None, "kept": self.kept[b] if self.kept else None}
+                for b, (spec, row) in enumerate(zip(self.seed.blocks(), self.structure.rows))
+            ],
+            "runs": [
+                {"seed": r.seed, "rows": [list(row) for row in r.structure.rows], "metrics": r.metrics,
+                 "scores": [b.scores for b in r.scores]}
+                for r in self.runs
+            ],
+        }
+
+    @staticmethod
+    def outputs(path: str | os.PathLike) -> tuple[Path, Path]:
+        """The sidecar and the chart :meth:`save` writes beside the structure ``path``."""
+        path = Path(path)
+        return path.with_name(path.stem + ".scores.json"), path.with_suffix(".png")
+
+    def save(self, path: str | os.PathLike, *, bare: bool = False, chart: str | os.PathLike | None = None,
+             title: str | None = None) -> dict[str, Path]:
+        """Writes the structure (``bare``: the release's bare-list format), the sidecar
+        ``<stem>.scores.json`` (every neuron's score and the settings) and the allocation chart
+        (default ``<stem>.png``), each atomically. Returns the three paths."""
+        from ..fileio import atomic_write_text
+        from ..report import plot_allocation
+
+        path = Path(path)
+        sidecar, default_chart = self.outputs(path)
+        chart = Path(chart) if chart is not None else default_chart
+        self.structure.save(path, bare=bare)
+        atomic_write_text(sidecar, json.dumps(self.sidecar()) + "\n")
+        default_title = f"{path.stem}: learned neurons per scale ({self.training.data})"
+        runs = [r.structure for r in self.runs] if len(self.runs) > 1 else None
+        plot_allocation(self.structure, chart, title=title or default_title, runs=runs)
+        return {"structure": path, "sidecar": sidecar, "chart": chart}
+
+
+def load_runs(path: str | os.PathLike) -> tuple[list[SeedRun], Structure, SeedSettings]:
+    """The seed networks' scores, the seed and the training settings from a sidecar
+    (``<structure>.scores.json`` written by :meth:`AllocationResult.save`), to select again under
+    another budget (:func:`select_runs`) without training."""
+    from ..fileio import read_json
+
+    p = Path(path)
+    raw = read_json(p, "scores file", "the .scores.json that scalenet allocate wrote beside its structure")
+    try:
+        seed = Structure.from_json(raw["seed"], source=f"{p} (seed)")
+        costs = [b["costs"] for b in raw["blocks"]]
+        names = [b["block"] for b in raw["blocks"]]
+        runs = [SeedRun(r["seed"], [BlockScores(n, sc, c) for n, sc, c in zip(names, r["scores"], costs)], seed,
+                        r.get("metrics", [])) for r in raw["runs"]]
+        settings = dict(raw["settings"])
+        training = SeedSettings.from_json(settings)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{p}: not a scores file of scalenet allocate (missing or malformed {e})") from None
+    if not runs or any(len(r.scores) != len(list(seed.blocks())) for r in runs):
+        raise ValueError(f"{p}: the scores do not match the seed's {len(list(seed.blocks()))} blocks")
+    # sidecars written before latency budgets kept the importance's alpha as "alpha"; before
+    # alpha moved to the selection, scores were stored divided by MACs^importance_alpha
+    weighted = settings.get("importance_alpha", settings.get("alpha", 0.0)) or 0.0
+    if weighted:
+        runs = [replace(r, scores=unweigh(r.scores, weighted, training.normalizer)) for r in runs]
+    return runs, seed, replace(training, importance_alpha=0.0)
+
+
+def _check_before_training(data, seed: Structure, budget: Budget, selection: Selection,
+                           importance: Importance | None) -> None:
+    """Refuses, before any training, a budget no selection from ``seed`` meets, a rounding the
+    seed cannot offer, and an importance that weighs its scores itself."""
+    budget.bind(seed, data.num_classes, data.in_chans).check()
+    selection.check(seed)
+    if getattr(importance, "alpha", 0):
+        raise ValueError("scores are stored unweighted and weighed by each neuron's cost at selection; give the "
+                         "importance alpha=0 and pass alpha in the Selection")
+
+
+def _check_repeats(repeats: int, jobs: int | None) -> None:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"--repeats must be a whole number of seed networks, 1 or more; got {repeats}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be 1 or more, got {jobs}")
+
+
+def allocate(
+    data,
+    budget: Budget | None = None,
+    selection: Selection = Selection(),
+    *,
+    layers: Sequence[int] | None = None,
+    width: int | None = None,
+    stem: str | None = None,
+    scales: Sequence[int] = (1, 2, 4, 7),
+    seed_width: int | Sequence[int] | None = None,
+    importance: Importance | None = None,
+    sparsity: float = 0.0,
+    repeats: int = DEFAULT_REPEATS,
+    jobs: int | None = None,
+    train_config=None,
+    name: str | None = None,
+) -> AllocationResult:
+    """Trains ``repeats`` seed networks on ``data`` (a :class:`~scalenet.data.DataSpec`), seeds
+    ``s`` to ``s + repeats - 1`` (``s``: the training config's seed), ``jobs`` of them at a time
+    (:func:`scalenet.training.in_processes`; None: one per CPU core, or one with CUDA), and keeps
+    neurons from their scores under ``budget`` (default ``WidthBudget(1.0)``) as ``selection``
+    says (:func:`select_runs`).
+
+    The seed's layout is ``layers``, ``width`` and ``stem`` (default by image size,
+    :func:`default_layout`), with ``seed_width`` neurons per scale. ``sparsity`` adds a
+    :class:`BNScaleL1` penalty while the seeds train. A :class:`~scalenet.allocation.LatencyBudget`
+    given ``LatencySettings`` instead of a model uses the cached model for the seed's layout.
+    Bad settings (an impossible budget, ``repeats < 1``) fail before any training.
+    """
+    from ..training.classification import TrainConfig
+    from ..training.pool import auto_jobs, in_processes
+
+    _check_repeats(repeats, jobs)
+    layout = default_layout(data.image_size)
+    layers = tuple(layers or layout["layers"])
+    seed = seed_structure(layers, seed_width=seed_width, scales=scales, stem=stem or layout["stem"],
+                          width=width or layout["width"], image_size=data.image_size)
+    budget = (budget or WidthBudget(1.0)).resolved(seed, progress=train_config is None or train_config.progress)
+    _check_before_training(data, seed, budget, selection, importance)
+    importance = importance or BNScale(0.0)
+    cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
+    jobs = auto_jobs(repeats) if jobs is None else jobs
+    payloads = [
+        dict(seed=seed, data=data, sparsity=sparsity, importance=importance,
+             cfg=dataclasses.replace(cfg, seed=cfg.seed + r, progress=cfg.progress and jobs == 1),
+             label="seed" if repeats == 1 else f"seed {r + 1}/{repeats}")
+        for r in range(repeats)
+    ]
+    trained = in_processes(_train_seed_network, payloads, jobs)
+    training = SeedSettings(
+        data.name, data.image_size, data.num_classes, data.in_chans, layers, tuple(seed.scales),
+        tuple(seed_width) if isinstance(seed_width, (list, tuple)) else seed_width, type(importance).__name__,
+        getattr(importance, "normalizer", None), getattr(importance, "alpha", None), sparsity, cfg.epochs, cfg.seed,
+        repeats,
+    )
+    runs = [SeedRun(p["cfg"].seed, scores, seed, metrics) for p, (scores, metrics) in zip(payloads, trained)]
+    return select_runs(runs, seed, budget, training, selection, name=name)
+
+
+def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, training: SeedSettings,
+                selection: Selection = Selection(), *, name: str | None = None) -> AllocationResult:
+    """Selects under ``budget`` from trained seed networks' scores (each run's own allocation,
+    then combined; ``training``: how they were trained, from :func:`allocate` or a sidecar) as
+    ``selection`` says. ``alpha`` weighs the (unweighted) scores by each neuron's cost under the
+    budget: MACs for width and MACs budgets, milliseconds for a latency budget
+    (:func:`weigh_by_cost`)."""
+    if training.importance_alpha:
+        raise ValueError("select_runs needs unweighted scores (load_runs unweighs older sidecars' scores)")
+    bound = budget.bind(seed, training.num_classes, training.in_chans).check()
+    selection.check(seed)  # a bad --multiple-of fails before any selection
+    weighed = [weigh_by_cost(r.scores, bound, selection.alpha) for r in runs]  # the one meaning of alpha
+    runs = [replace(r, structure=select(w, bound, scope=selection.scope)[0]) for r, w in zip(runs, weighed)]
+    structure, combined, kept = _combined(runs, weighed, seed, bound, selection)
+    return _result(structure, combined, kept, runs, seed, bound, training, selection, name)
+
+
+def _combined(runs: list[SeedRun], weighed: list[list[BlockScores]], seed: Structure, bound: BoundBudget,
+              selection: Selection) -> tuple[Structure, list[BlockScores], list[list[list[int]]]]:
+    """The runs combined as ``selection.combine`` says, then rounded to ``selection.multiple_of``."""
+    if selection.combine == "union":
+        combined = combine_union(weighed)
+        structure, kept = select(combined, bound, scope=selection.scope)
+    else:
+        combined, kept = [], []
+        structure = combine_mean([r.structure for r in runs], seed, bound)
+        bound.verify(bound.of_structure(structure))
+    if selection.multiple_of is not None:
+        structure = round_channels(structure, seed, selection.multiple_of, bound)
+        if kept:  # the best neurons of each scale, as many as the rounded counts
+            kept = [[sorted([j for _, i, j in block.flat() if i == pos][: row[pos]]) for pos in range(len(seed.scales))]
+                    for block, row in zip(combined, structure.rows)]
+    return structure, combined, kept
+
+
+def _result(structure: Structure, combined: list[BlockScores], kept: list[list[list[int]]], runs: list[SeedRun],
+            seed: Structure, bound: BoundBudget, training: SeedSettings, selection: Selection,
+            name: str | None) -> AllocationResult:
+    """The result, with the structure's meta (settings, MACs, parameters, agreement) filled in."""
+    from ..agreement import agreement_report
+
+    nc, ic = training.num_classes, training.in_chans
+    result = AllocationResult(structure, combined, seed, training, selection, bound.budget,
+                              bound.of_structure(structure), bound.unit, kept, runs,
+                              agreement_report([r.structure for r in runs], seed))
+    meta = {
+        "allocation": result.settings,
+        "macs": structure.macs(None, nc, ic),
+        "params": structure.params(nc, ic),
+        "seed_val_top1": statistics.mean(r.metrics[-1]["val_top1"] for r in runs) if runs[0].metrics else None,
+        "agreement": {f"stage{s['stage']}": {k: s[k] for k in ("ratio", "z")} for s in result.agreement["stages"]},
+    }
+    result.structure = replace(structure, name=name, meta=meta)
+    return result
+
+
+def _train_seed_network(p: dict[str, Any]) -> tuple[list[BlockScores], list[dict[str, Any]]]:
+    """Trains one seed network and scores its neurons (in a worker process when several run at once)."""
+    from ..training.classification import train
+
+    trained = train(p["seed"], p["data"], p["cfg"], None, description=p["label"],
+                    regularizer=BNScaleL1(p["sparsity"]) if p["sparsity"] else None)
+    return p["importance"](trained.model, p["seed"], p["data"].image_size), trained.metrics
