@@ -49,7 +49,7 @@ timm-tests: venv
 	@# register the ScaleNets before collection, and name their module among the forward_intermediates models
 	cd $(TIMM_TESTS)/timm-*/tests && echo "import scalenet  # noqa: F401" >> conftest.py && \
 		sed -i "s/^FEAT_INTER_FILTERS = \[/FEAT_INTER_FILTERS = ['scalenet', /" test_models.py && \
-		$(abspath $(PY)) -m pytest test_models.py -k scalenet -q -p no:cacheprovider
+		$(abspath $(PY)) -m pytest test_models.py -k 'scalenet and not scalenet_structure' -q -p no:cacheprovider
 
 # The whole pipeline on Fashion-MNIST (about 15 minutes on 2 CPU cores): report in runs/demo/report.md
 demo: venv data

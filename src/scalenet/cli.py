@@ -571,15 +571,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- export
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="NAME|PATH", help="a published model name or a structure JSON")
-    p.add_argument("--checkpoint", default=None, help="weights (.pth/.pt/.safetensors); default: random init")
-    p.add_argument("--onnx", required=True, metavar="out.onnx")
-    _force_argument(p, "the ONNX file")
-    p.add_argument("--fused", action="store_true", help="export the BN-folded inference model")
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="a published model name or a structure JSON (required unless --checkpoint is a scalenet train "
+                        "checkpoint)")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights (.pth/.pt/.safetensors) or a scalenet train checkpoint; default: random init")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--onnx", default=None, metavar="out.onnx", help="write ONNX, checked in onnxruntime")
+    target.add_argument("--hub", default=None, metavar="DIR",
+                        help="write a Hugging Face Hub folder: config.json, model.safetensors, README.md (timm loads it "
+                             "as local-dir:DIR)")
+    _force_argument(p, "the ONNX file or the Hub folder")
+    p.add_argument("--fused", action="store_true", help="ONNX: export the BN-folded inference model")
     p.add_argument("--image-size", type=_positive_int, default=None, help="default: the structure's own")
-    p.add_argument("--num-classes", type=_positive_int, default=1000, help="default 1000")
-    p.add_argument("--in-chans", type=_positive_int, default=3, help="default 3")
+    p.add_argument("--num-classes", type=_positive_int, default=None, help="default 1000")
+    p.add_argument("--in-chans", type=_positive_int, default=None, help="default 3")
     p.add_argument("--layers", type=_int_list, default=None, help="stage depths for a bare-list structure file")
+    p.add_argument("--license", default=None, help="Hub: the model card's license (default apache-2.0)")
+
+
+def _is_training_checkpoint(path: str | None) -> bool:
+    from .checkpoint import CheckpointError
+    from .training import load_run_checkpoint
+
+    if path is None or Path(path).suffix == ".safetensors" or not Path(path).is_file():
+        return False
+    try:
+        load_run_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -588,14 +609,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .fileio import check_output_file
     from .fuse import fuse
 
+    if args.hub is None:
+        _refuse_given(args, ["license"], "without --hub (it is the model card's)")
+    trained = _is_training_checkpoint(args.checkpoint)
+    if trained:
+        _refuse_given(args, ["model", "num_classes", "in_chans", "layers"],
+                      f"with --checkpoint {args.checkpoint}, a scalenet train checkpoint that holds them")
+    elif args.model is None:
+        raise ValueError("give --model NAME|structure.json (or a scalenet train checkpoint as --checkpoint)")
+    if args.hub is not None:
+        _refuse_given(args, ["fused"], "with --hub (the Hub folder holds the trainable model)")
+        return _export_hub(args, trained)
     structure = resolve_structure(args.model, layers=args.layers)
     image_size = args.image_size or structure.image_size
     structure.check_input(image_size)
     out = check_output_file(args.onnx, "--onnx", "model.onnx", force=args.force)
-    model = create_model(structure, num_classes=args.num_classes, in_chans=args.in_chans, checkpoint=args.checkpoint)
-    diff = export_checked(fuse(model) if args.fused else model.eval(), out, image_size, args.in_chans)
+    in_chans = args.in_chans or 3
+    if trained:
+        from .training import model_from_checkpoint
+
+        model, ckpt = model_from_checkpoint(args.checkpoint)
+        in_chans = ckpt["in_chans"]
+    else:
+        model = create_model(structure, num_classes=args.num_classes or 1000, in_chans=in_chans,
+                             checkpoint=args.checkpoint)
+    diff = export_checked(fuse(model) if args.fused else model.eval(), out, image_size, in_chans)
     print(f"{out}: opset 17, dynamic batch, {'fused, ' if args.fused else ''}onnxruntime vs PyTorch max relative "
           f"difference {diff:.1e}")
+    return 0
+
+
+def _export_hub(args: argparse.Namespace, trained: bool) -> int:
+    """``scalenet export --hub DIR``: a training checkpoint, or a published name (or structure) with weights."""
+    from .hub import export_hub
+
+    out = export_hub(args.hub, args.checkpoint, model=None if trained else args.model, image_size=args.image_size,
+                     num_classes=args.num_classes or 1000, in_chans=args.in_chans or 3, layers=args.layers,
+                     license=args.license, force=args.force)
+    print(f"{out}: config.json, model.safetensors, README.md; load with timm.create_model(\"local-dir:{out}\", "
+          "pretrained=True) after import scalenet")
     return 0
 
 

@@ -52,7 +52,8 @@ def create_model(
 
     Args:
         name_or_structure: a name from :func:`list_models`, a path to a structure JSON (the
-            release's bare-list format or our object format) or a :class:`Structure`.
+            release's bare-list format or our object format), a :class:`Structure`, or a
+            Hub-layout folder (``local-dir:DIR``, ``hf-hub:USER/REPO``; :mod:`scalenet.hub`).
         num_classes: classifier outputs (0 for no classifier).
         in_chans: input channels.
         checkpoint: optional weights (.pth/.pt read with ``weights_only=True``, or
@@ -61,8 +62,16 @@ def create_model(
         **kwargs: passed to :class:`~scalenet.models.ScaleNet` (``drop_rate``,
             ``global_pool``) or timm's builder (``features_only``, ``out_indices``).
     """
+    from .hub import is_hub, load_hub
+
+    if is_hub(name_or_structure):  # a Hub-layout folder: its structure, classes and weights
+        given = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v not in (1000, 3)}
+        if checkpoint is not None or layers is not None or given:
+            raise ValueError(f"{name_or_structure} holds its own weights, classes and channels; drop checkpoint=, "
+                             "layers=, num_classes= and in_chans=")
+        return load_hub(name_or_structure, **kwargs)[0]
     structure = resolve_structure(name_or_structure, layers)
-    variant = structure.name if structure.name in published_names() else "scalenet"
+    variant = structure.name if structure.name in published_names() else "scalenet_structure"
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", None)
     model = _create_scalenet(variant, structure=structure, num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -9,9 +9,10 @@ original release (``layerN.M.conv2.I`` / ``bn2.I`` per branch position ``I``), s
 weight files load unchanged.
 """
 
+import dataclasses
 import enum
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -472,7 +473,13 @@ def pretrained_cfg_for(structure: Structure, in_chans: int = 3, **overrides: Any
     return cfg
 
 
-def _create_scalenet(variant: str, pretrained: bool = False, structure: Structure | None = None, **kwargs: Any):
+def _create_scalenet(variant: str, pretrained: bool = False, structure: Structure | Mapping[str, Any] | None = None,
+                     **kwargs: Any):
+    if isinstance(structure, Mapping):  # timm's model_args (a Hub config.json): the structure as JSON
+        structure = Structure.from_json(structure, source="model_args (structure)")
+    if structure is None and variant not in published_names():
+        raise ValueError(f"{variant} builds a ScaleNet from a structure: pass structure= (a Structure or its JSON, "
+                         "as the model_args of a Hub config.json hold it)")
     structure = structure if structure is not None else Structure.published(variant)
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     if pretrained_cfg is None and variant not in published_names():
@@ -491,7 +498,10 @@ def _create_scalenet(variant: str, pretrained: bool = False, structure: Structur
 
 # default_cfgs must exist before the builders: register_model reads it when the decorator runs.
 default_cfgs = generate_default_cfgs({
-    f"{name}.in1k": pretrained_cfg_for(Structure.published(name)) for name in published_names()
+    **{f"{name}.in1k": pretrained_cfg_for(Structure.published(name)) for name in published_names()},
+    # a learned structure: the cfg is made for the structure given (input size, pool size)
+    "scalenet_structure": pretrained_cfg_for(dataclasses.replace(Structure.published("scalenet50"), meta={})) | dict(
+        description="A ScaleNet of any structure (learned with scalenet allocate), given as structure="),
 })
 
 
@@ -517,3 +527,12 @@ def scalenet101(pretrained: bool = False, **kwargs: Any) -> ScaleNet:
 def scalenet152(pretrained: bool = False, **kwargs: Any) -> ScaleNet:
     """ScaleNet-152: 11.21 GMACs."""
     return _create_scalenet("scalenet152", pretrained, **kwargs)
+
+
+@register_model
+def scalenet_structure(pretrained: bool = False, structure: Structure | Mapping[str, Any] | None = None,
+                       **kwargs: Any) -> ScaleNet:
+    """A ScaleNet of any structure: ``structure`` is a :class:`Structure` or its JSON (the
+    ``model_args`` of a Hub ``config.json``), so that timm's factory, ``pretrained_cfg_overlay``
+    and ``features_only`` work on learned structures as on the published names."""
+    return _create_scalenet("scalenet_structure", pretrained, structure=structure, **kwargs)

@@ -153,7 +153,12 @@ def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuilds the trained model from its checkpoint alone (structure, classes, channels)."""
+    """Rebuilds the trained model from its checkpoint alone (structure, classes, channels), or
+    from a Hub-layout folder (``local-dir:DIR``, ``hf-hub:USER/REPO``: its config says the same)."""
+    from ..hub import is_hub, load_hub
+
+    if is_hub(path):
+        return load_hub(str(path))
     ckpt = load_run_checkpoint(path)
     structure = Structure.from_json(ckpt["structure"], source=f"{path} (structure)")
     model = create_model(structure, num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"])
@@ -242,7 +247,12 @@ def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, anno
     """Loads every fitting tensor of ``path`` into ``model`` (:func:`scalenet.checkpoint.load_init`);
     says in one line when the classifier stays freshly initialised."""
     from ..checkpoint import load_init
+    from ..hub import WEIGHTS, hub_folder, is_hub, read_hub_config
 
+    if is_hub(path):  # the weights of a Hub-layout folder
+        folder = hub_folder(str(path))
+        read_hub_config(folder, str(path))
+        path = folder / WEIGHTS
     if not Path(path).is_file():
         raise FileNotFoundError(f"--init: weights not found: {path}")
     reset = load_init(model, path, filter_fn=checkpoint_filter_fn)

@@ -1,0 +1,264 @@
+"""Sharing a ScaleNet as timm users share models: a folder in the Hugging Face Hub layout.
+
+The folder holds ``config.json`` (timm's: ``architecture``, ``num_classes``, ``label_names``,
+``model_args`` with the structure's rows, layers, stem, width and scales, and
+``pretrained_cfg`` with input size, mean/std, crop and interpolation), ``model.safetensors``
+and a model card ``README.md`` with the Hub's YAML front matter. After ``import scalenet``,
+``timm.create_model("local-dir:DIR", pretrained=True)`` rebuilds the model, published or
+learned (architecture ``scalenet_structure``), and loads its weights; ``hf-hub:USER/REPO``
+does the same once the folder is uploaded (``timm.models.push_to_hf_hub``).
+
+Our own entry points (:func:`scalenet.create_model`, ``predict``, ``eval``, ``train --init``)
+read the same folders through :func:`load_hub`, which checks them first and says in one line
+what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+
+from .structure import Structure, published_names
+
+__all__ = [
+    "HUB_SCHEMES", "HubCard", "is_hub", "hub_folder", "read_hub_config", "load_hub", "save_hub", "export_hub",
+    "model_card",
+]
+
+#: Model names that point at a Hub-layout folder rather than a structure.
+HUB_SCHEMES = ("local-dir:", "hf-hub:")
+CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
+
+
+def is_hub(spec: Any) -> bool:
+    """Whether ``spec`` names a Hub-layout folder (``local-dir:DIR`` or ``hf-hub:USER/REPO``)."""
+    return isinstance(spec, str) and spec.startswith(HUB_SCHEMES)
+
+
+def hub_folder(spec: str) -> Path:
+    """The local folder of ``spec``: ``local-dir:DIR`` as it is, ``hf-hub:REPO`` downloaded (its
+    config, weights and card) into the Hugging Face cache; one line when the Hub cannot be reached."""
+    scheme, _, where = spec.partition(":")
+    if scheme == "local-dir":
+        folder = Path(where)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{spec}: no such folder; give a folder written by scalenet export --hub")
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(where, allow_patterns=[CONFIG, WEIGHTS, CARD]))
+    except Exception as e:  # offline, unknown repo, no permission: huggingface_hub raises many types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{spec}: the Hugging Face Hub cannot be reached from here ({reason}); download the "
+                         f"repository's {CONFIG} and {WEIGHTS} and use local-dir:PATH") from None
+
+
+def read_hub_config(folder: Path, spec: str | None = None) -> tuple[dict[str, Any], Structure]:
+    """``config.json`` of a Hub-layout folder and the structure its ``model_args`` hold; a missing
+    file or a malformed structure is one line naming the folder."""
+    from .fileio import read_json
+
+    name = spec or f"local-dir:{folder}"
+    if not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"{name}: no {CONFIG} in {folder}; a Hub-layout folder holds {CONFIG} and {WEIGHTS} "
+                                "(scalenet export --hub writes one)")
+    config = read_json(folder / CONFIG, CONFIG, "timm's config.json with model_args holding a ScaleNet structure")
+    args = config.get("model_args") if isinstance(config, dict) else None
+    if not isinstance(args, dict) or "structure" not in args:
+        raise ValueError(f"{folder / CONFIG}: its model_args hold no ScaleNet structure; export the model with "
+                         "scalenet export --hub")
+    structure = Structure.from_json(args["structure"], source=f"{folder / CONFIG} (model_args.structure)")
+    return config, structure
+
+
+def load_hub(spec: str, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a Hub-layout folder with its weights, and what a training checkpoint would
+    say about it (``num_classes``, ``in_chans``, ``image_size``, ``classes``, ``mean``, ``std``,
+    ``crop_pct``, ``interpolation``). ``kwargs`` go to :func:`scalenet.create_model`
+    (``features_only``, ``drop_rate``)."""
+    from .checkpoint import load_weights
+    from .factory import create_model
+    from .models.scalenet import checkpoint_filter_fn
+
+    folder = hub_folder(spec)
+    config, structure = read_hub_config(folder, spec)
+    args, cfg = config["model_args"], dict(config.get("pretrained_cfg") or {})
+    num_classes, in_chans = int(config.get("num_classes", args.get("num_classes", 1000))), int(args.get("in_chans", 3))
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{spec}: no {WEIGHTS} in {folder}")
+    build = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices")}
+    model = create_model(structure, num_classes=num_classes, in_chans=in_chans, **build)
+    load_weights(model, folder / WEIGHTS, filter_fn=checkpoint_filter_fn)
+    model.pretrained_cfg = {**model.pretrained_cfg, **cfg, "source": "local-dir", "file": str(folder)}
+    if kwargs.get("features_only"):
+        from timm.models import FeatureListNet
+
+        indices = kwargs.get("out_indices") or tuple(range(len(structure.layers) + 1))
+        pretrained_cfg = model.pretrained_cfg
+        model = FeatureListNet(model, out_indices=indices)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg
+    labels = config.get("label_names")
+    info = {
+        "num_classes": num_classes, "in_chans": in_chans,
+        "image_size": int((cfg.get("input_size") or (in_chans, structure.image_size, structure.image_size))[-1]),
+        "classes": list(labels) if isinstance(labels, (list, tuple)) else None,
+        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))), "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+        "crop_pct": cfg.get("crop_pct"), "interpolation": cfg.get("interpolation"), "structure": structure.to_json(),
+        "config": config,
+    }
+    return model, info
+
+
+@dataclass
+class HubCard:
+    """What the model card says about the weights, each figure from where it was measured."""
+
+    title: str
+    data: str | None = None  # the training data's name
+    train_images: int | None = None
+    top1: float | None = None  # validation top-1 of these weights (a fraction)
+    top1_source: str = ""  # where it comes from, e.g. "best.pt, epoch 3"
+    notes: list[str] = field(default_factory=list)
+    license: str = "apache-2.0"
+
+
+def _architecture(structure: Structure) -> str:
+    """The published name when the structure is a published allocation, else ``scalenet_structure``."""
+    name = structure.name
+    if name in published_names() and Structure.published(name).rows == structure.rows:
+        return name
+    return "scalenet_structure"
+
+
+def save_hub(model: nn.Module, directory: str | os.PathLike, *, classes: Sequence[str] | None, mean: Sequence[float],
+             std: Sequence[float], image_size: int, card: HubCard, force: bool = False) -> Path:
+    """Writes ``model`` as a Hub-layout folder (config, ``model.safetensors``, model card), all at
+    once: into a sibling temporary folder, then renamed; an existing ``directory`` is refused
+    unless ``force``. Uses timm's ``save_for_hf`` for the weights and the config, and adds the
+    structure to ``model_args`` and the preprocessing to ``pretrained_cfg``."""
+    from timm.models import save_for_hf
+
+    out = Path(directory)
+    if out.exists() and not force:
+        raise FileExistsError(f"--hub {out} exists; choose another folder or pass --force to replace it")
+    structure: Structure = model.structure
+    small = image_size <= 64  # the small-image recipe: no crop (scalenet.data.image_transforms)
+    model.pretrained_cfg = {**model.pretrained_cfg, "architecture": _architecture(structure)}
+    data_config = {"input_size": (model.in_chans, image_size, image_size), "mean": tuple(mean), "std": tuple(std),
+                   "crop_pct": 1.0 if small else 0.875, "interpolation": "bilinear", "crop_mode": "center"}
+    model_config: dict[str, Any] = {"label_names": list(classes)} if classes else {}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_for_hf(model.eval(), str(tmp), model_config=model_config, model_args={"structure": structure.to_json()},
+                    safe_serialization=True, data_config=data_config)
+        (tmp / CARD).write_text(model_card(structure, model.num_classes, model.in_chans, image_size, card))
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _replace(new: Path, out: Path) -> None:
+    """``new`` renamed to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_card(structure: Structure, num_classes: int, in_chans: int, image_size: int, card: HubCard) -> str:
+    """The ``README.md`` of a Hub folder: YAML front matter (library, tags, license), a table of
+    structure, MACs, parameters, data and measured top-1, and how to load it."""
+    from . import __version__
+    from .report import format_stage_summary
+
+    tags = ["image-classification", "timm", "scalenet"]
+    front = ["---", "library_name: timm", f"license: {card.license}", "tags:", *[f"- {t}" for t in tags],
+             "pipeline_tag: image-classification"]
+    if card.data:
+        front += ["datasets:", f"- {card.data}"]
+    front += ["---", ""]
+    top1 = f"{100 * card.top1:.2f}% ({card.top1_source})" if card.top1 is not None else "not measured"
+    data = card.data or "not recorded"
+    if card.data and card.train_images:
+        data += f" ({card.train_images:,} training images)"
+    rows = [
+        ("architecture", f"`{_architecture(structure)}` (timm), structure in `config.json` `model_args`"),
+        ("structure", f"{'-'.join(map(str, structure.layers))} blocks per stage, scales "
+                      f"{', '.join(f'x{s}' for s in structure.scales)}, {structure.stem} stem, width {structure.width}"),
+        ("MACs", f"{structure.macs(image_size, num_classes, in_chans):,} at {image_size} px"),
+        ("parameters", f"{structure.params(num_classes, in_chans):,}"),
+        ("classes", f"{num_classes}"),
+        ("training data", data),
+        ("validation top-1", top1),
+    ]
+    lines = [*front, f"# {card.title}", "",
+             "A ScaleNet (*Data-Driven Neuron Allocation for Scale Aggregation Networks*, CVPR 2019), exported by "
+             f"scalenet {__version__}.", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    lines += ["## Use", "", "```python", "import scalenet, timm  # importing scalenet registers the ScaleNets",
+              'model = timm.create_model("hf-hub:USER/REPO", pretrained=True)  # or "local-dir:PATH"', "```", "",
+              "## Neurons per scale, by stage", "", "```", format_stage_summary(structure), "```", ""]
+    if card.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in card.notes], ""]
+    return "\n".join(lines)
+
+
+def card_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> HubCard:
+    """The card's facts from a ``scalenet train`` checkpoint: its data, and the validation top-1
+    recorded for these weights (the checkpoint's own epoch)."""
+    structure = Structure.from_json(ckpt["structure"], source=f"{source} (structure)")
+    top1 = ckpt.get("val_top1")
+    return HubCard(title=structure.name or Path(source).parent.name or "scalenet", data=ckpt.get("data"),
+                   train_images=ckpt.get("train_images"), top1=float(top1) if top1 is not None else None,
+                   top1_source=f"{Path(source).name}, epoch {int(ckpt['epoch'])}, as recorded in training")
+
+
+def card_for_published(structure: Structure, weights: str | None) -> HubCard:
+    """The card of a published model: the release's figures, labelled as such (not measured here)."""
+    published = structure.meta.get("published") or {}
+    notes = [f"weights: {Path(weights).name}" if weights else "random init: no weight file was given"]
+    if published:
+        notes.append(f"published ImageNet top-1/top-5 error {published['top1_err']:.2f}/{published['top5_err']:.2f} "
+                     f"({published.get('recipe', 'the release')}); figures of the original release, not measured by "
+                     "this library")
+    return HubCard(title=structure.meta.get("title", structure.name or "scalenet"),
+                   data="imagenet-1k" if weights else None, notes=notes)
+
+
+def export_hub(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
+               model: str | os.PathLike | Structure | None = None, image_size: int | None = None,
+               num_classes: int = 1000, in_chans: int = 3, layers: Sequence[int] | None = None,
+               license: str | None = None, force: bool = False) -> Path:
+    """``scalenet export --hub``: a ``scalenet train`` checkpoint (``model`` None: the checkpoint
+    holds the structure, classes, preprocessing and metrics), or a published name or structure
+    (``model``) with its weight file (``checkpoint``, or random init), as a Hub-layout folder."""
+    from .factory import create_model, resolve_structure
+    from .training import model_from_checkpoint
+
+    out = Path(directory)
+    if out.exists() and not force:
+        raise FileExistsError(f"--hub {out} exists; choose another folder or pass --force to replace it")
+    if model is None:
+        if checkpoint is None:
+            raise ValueError("give a scalenet train checkpoint, or a model name or structure with its weights")
+        net, ckpt = model_from_checkpoint(checkpoint)
+        card = card_from_checkpoint(ckpt, str(checkpoint))
+        classes, mean, std, size = ckpt.get("classes"), ckpt["mean"], ckpt["std"], ckpt["image_size"]
+    else:
+        structure = resolve_structure(model, layers=layers)
+        net = create_model(structure, num_classes=num_classes, in_chans=in_chans, checkpoint=checkpoint)
+        card = card_for_published(structure, str(checkpoint) if checkpoint is not None else None)
+        classes, mean, std, size = None, net.pretrained_cfg["mean"], net.pretrained_cfg["std"], structure.image_size
+    size = image_size or size
+    net.structure.check_input(size)
+    if license:
+        card.license = license
+    return save_hub(net, out, classes=classes, mean=mean, std=std, image_size=size, card=card, force=force)
