@@ -31,6 +31,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,9 +67,10 @@ def train_one(recipe: str, seed: int) -> Path:
     cfg = TrainConfig(epochs=r["epochs"], batch_size=BATCH, lr=LR, wd=WD, warmup=WARMUP, augment=False,
                       channels_last=True, seed=seed, progress=False, tensorboard=False)
     t = time.perf_counter()
-    result = train(structure, data, cfg, None, description=f"{recipe} seed {seed}",
-                   regularizer=BNScaleL1(r["sparsity"]) if r["sparsity"] else None,
-                   on_epoch=lambda model, record: epochs.append([b.scores for b in importance(model, structure, 28)]))
+    with tempfile.TemporaryDirectory(prefix="agreement-") as run_dir:  # the run's checkpoints are not kept
+        result = train(structure, data, cfg, run_dir, description=f"{recipe} seed {seed}",
+                       regularizer=BNScaleL1(r["sparsity"]) if r["sparsity"] else None,
+                       on_epoch=lambda model, record: epochs.append([b.scores for b in importance(model, structure, 28)]))
     atomic_write_text(out, json.dumps({"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - t,
                                        "val_top1": result.final["val_top1"], "epochs": epochs}))
     return out

@@ -92,3 +92,16 @@ def detection_structure(name: str = "tiny-det") -> Structure:
         [[6, 4, 3, 3], [8, 4, 2, 2], [8, 8, 4, 4], [16, 8, 8, 0]], layers=(1, 1, 1, 1), stem="imagenet", width=8,
         image_size=128, name=name,
     )
+
+
+def refused(capsys, argv, message: str) -> None:
+    """Runs the command in this process: it must exit with 2 (returned, or the parser's exit) and
+    print one line, ``scalenet: error: ...``, containing ``message``."""
+    from scalenet.cli import main
+
+    try:
+        got = main([str(a) for a in argv])
+    except SystemExit as e:
+        got = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert got == 2 and len(err) == 1 and err[0].startswith("scalenet: error: ") and message in err[0], err

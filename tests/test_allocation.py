@@ -243,7 +243,8 @@ def test_cli_writes_structure_sidecar_and_chart_that_load_and_train(tmp_path, ca
     assert json.loads(capsys.readouterr().out)["macs"] == structure.macs(num_classes=3)
     from scalenet.data import build_data
 
-    result = train(structure, build_data(folder), TrainConfig(epochs=1, batch_size=16, progress=False, tensorboard=False))
+    result = train(structure, build_data(folder), TrainConfig(epochs=1, batch_size=16, progress=False, tensorboard=False),
+                   tmp_path / "trained")
     assert result.final["epoch"] == 1
 
 

@@ -13,16 +13,7 @@ from scalenet.checkpoint import read_state_dict, save_weights
 from scalenet.cli import main
 from scalenet.training import model_from_checkpoint
 
-from helpers import make_image_folder
-
-
-def refused(capsys, argv, message):
-    try:
-        got = main([str(a) for a in argv])
-    except SystemExit as e:
-        got = e.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert got == 2 and len(err) == 1 and err[0].startswith("scalenet: error: ") and message in err[0], err
+from helpers import make_image_folder, refused
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ def test_cli_uses_the_cached_model_for_the_settings(tmp_path, sidecar, seed, mon
     ("batch", "was measured with other settings (batch_size 8 vs 4)"),
     ("multiple", "--multiple-of must be a whole number of neurons, 1 or more; got 0"),
     ("cuda", "--latency-device cuda: no CUDA GPU is present here; use --latency-device cpu"),
-    ("nothing", "give --data DIR (train seed networks) or --scores X.scores.json"),
+    ("nothing", "give --data DIR (train seed networks), --scores X.scores.json or --from-runs"),
 ])
 def test_cli_bad_latency_input_is_one_line_and_exit_2(tmp_path, sidecar, case, message):
     if case == "cuda" and torch.cuda.is_available():

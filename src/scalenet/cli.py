@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -366,9 +367,19 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
                    help="an ImageFolder directory or a built-in data set (required unless --scores)")
     p.add_argument("--scores", default=None, metavar="X.scores.json",
                    help="select again from an earlier allocation's seed networks (its sidecar), without training")
-    p.add_argument("--out", required=True, metavar="structure.json",
-                   help="the structure file to write (with OUT.scores.json and the chart OUT.png beside it)")
+    p.add_argument("--from-runs", nargs="+", default=None, metavar="RUN_DIR",
+                   help="score seed networks trained elsewhere (scalenet train --model seed.json) and select")
+    p.add_argument("--out", default=None, metavar="structure.json",
+                   help="the structure file to write (with OUT.scores.json and the chart OUT.png beside it; the seed "
+                        "networks train in OUT.runs/seed-NNNN)")
+    p.add_argument("--write-seed", default=None, metavar="seed.json",
+                   help="only write the seed structure for --data and the layout (to train with scalenet train anywhere)")
     _force_argument(p, "the structure, its scores file and its chart")
+    p.add_argument("--resume", nargs="?", const="auto", default=False, type=_resume, metavar="auto",
+                   help="continue the seed runs in OUT.runs: finished ones are scored, not retrained, the interrupted "
+                        "one continues from its newest checkpoint (one command for the first start and every restart)")
+    p.add_argument("--save-every", type=_positive_float, default=None, metavar="MINUTES",
+                   help="seed runs: also checkpoint inside an epoch after this many minutes (default 15)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--width-mult", type=_positive_float, default=None,
                         help="neurons kept per block, times the ResNet width (default 1.0)")
@@ -410,23 +421,69 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from .agreement import format_agreement
-    from .allocation import AllocationResult, Selection, allocate, load_runs, seed_epochs, select_runs
-    from .fileio import check_output_file, check_output_files
-    from .report import format_stage_summary
-    from .training import CHECKPOINT_FORMAT, RunDir, train
-
-    if (args.data is None) == (args.scores is None):
-        raise ValueError("give --data DIR (train seed networks) or --scores X.scores.json (select from trained ones)")
-    if args.scores is not None and args.then_train:
-        raise ValueError("--then-train needs --data (the data to train the result on)")
-    if args.scores is not None:
-        _refuse_given(args, _SEED_OPTIONS, "with --scores, which selects from seed networks trained already (train "
-                                           "anew with --data to change them)")
+    sources = [k for k in ("data", "scores", "from_runs") if getattr(args, k) is not None]
+    if len(sources) != 1:
+        raise ValueError("give --data DIR (train seed networks), --scores X.scores.json or --from-runs RUN_DIR... "
+                         "(select from trained ones)")
+    if args.write_seed is not None:
+        return _write_seed(args)
+    if args.out is None:
+        raise ValueError("give --out structure.json (or --write-seed seed.json to write the seed structure only)")
+    if args.data is None:
+        if args.then_train:
+            raise ValueError("--then-train needs --data (the data to train the result on)")
+        source = "--scores" if args.scores is not None else "--from-runs"
+        _refuse_given(args, [*_SEED_OPTIONS, "resume"], f"with {source}, which selects from seed networks trained "
+                                                       "already (train anew with --data to change them)")
     if args.latency_ms is None:
         _refuse_given(args, _LATENCY_OPTIONS, "without --latency-ms (they say what a latency budget is predicted for)")
     if args.then_train is None:
         _refuse_given(args, ["run_dir"], "without --then-train")
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--then-train does not apply under torchrun; train the result with torchrun -m scalenet "
+                         "train --model OUT.json")
+    out, run_dir = _allocate_outputs(args)
+    result, data, cfg = _allocation(args, out)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 selects and writes
+        return 0
+    _report_allocation(result, result.save(out, bare=args.bare), out)
+    if args.then_train:
+        from .training import train
+
+        trained = train(result.structure, data, dataclasses.replace(cfg, epochs=args.then_train), run_dir)
+        print(f"{out.stem}: val top-1 {100 * trained.final['val_top1']:.2f}% after {args.then_train} epochs; "
+              f"run in {run_dir}")
+    return 0
+
+
+def _write_seed(args: argparse.Namespace) -> int:
+    """``allocate --write-seed seed.json``: the seed structure for the data and layout, nothing trained."""
+    from .allocation import default_layout, seed_structure
+    from .fileio import check_output_file
+
+    if args.data is None:
+        raise ValueError("--write-seed needs --data (the seed's image size and layout follow from it)")
+    _refuse_given(args, ["out", "scores", "resume", "then_train", "run_dir", "width_mult", "macs", "latency_ms",
+                         "multiple_of", "alpha", "scope", "combine", "repeats", "jobs", "sparsity", "bare"],
+                  "with --write-seed, which only writes the seed structure")
+    out = check_output_file(args.write_seed, "--write-seed", "seed.json", force=args.force)
+    data = _data(args, args.seed if args.seed is not None else 0)
+    layout = default_layout(data.image_size)
+    seed = seed_structure(tuple(args.layers or layout["layers"]), seed_width=args.seed_width, scales=args.scales,
+                          stem=layout["stem"], width=args.width or layout["width"], image_size=data.image_size)
+    seed.save(out)
+    print(f"{out}: seed structure for {data.name} ({data.image_size} px, {data.num_classes} classes), "
+          f"{seed.macs(None, data.num_classes, data.in_chans):,} MACs; train it with scalenet train --model {out} "
+          f"--data {args.data} --seed S, then scalenet allocate --from-runs RUN_DIR... --out structure.json")
+    return 0
+
+
+def _allocate_outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The structure file, its sidecar and chart, and the --then-train run: checked before any work."""
+    from .allocation import AllocationResult
+    from .fileio import check_output_file, check_output_files
+    from .training import CHECKPOINT_FORMAT, RunDir
+
     out = check_output_file(args.out, "--out", "structure.json", force=args.force)
     sidecar, chart = AllocationResult.outputs(out)
     check_output_files({sidecar: "the scores file written beside the structure",
@@ -434,19 +491,30 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     run_dir = (Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")) if args.then_train else None
     if run_dir is not None:
         RunDir(run_dir, CHECKPOINT_FORMAT).check_new()  # refused now, not after the allocation
+    return out, run_dir
+
+
+def _allocation(args: argparse.Namespace, out: Path):
+    """The allocation the flags ask for: from a sidecar, from trained runs, or training the seeds."""
+    from .allocation import Selection, allocate, load_runs, load_seed_runs, runs_dir_for, seed_epochs, select_runs
+
     selection = Selection(scope=args.scope, alpha=args.alpha, combine=args.combine, multiple_of=args.multiple_of)
-    data = None
-    if args.scores is not None:
-        runs, seed, training = load_runs(args.scores)
+    if args.data is None:
+        runs, seed, training = load_runs(args.scores) if args.scores else load_seed_runs(args.from_runs)
         budget = _budget(args, seed.image_size).resolved(seed, progress=not args.no_progress)
-        result = select_runs(runs, seed, budget, training, selection, name=out.stem)
-    else:
-        data = _data(args, args.seed if args.seed is not None else 0)
-        cfg = _train_config(args, epochs=seed_epochs(len(data.train)))
-        result = allocate(data, _budget(args, data.image_size), selection, layers=args.layers, width=args.width,
-                          scales=args.scales, seed_width=args.seed_width, sparsity=args.sparsity, repeats=args.repeats,
-                          jobs=args.jobs, train_config=cfg, name=out.stem)
-    paths = result.save(out, bare=args.bare)
+        return select_runs(runs, seed, budget, training, selection, name=out.stem), None, None
+    data = _data(args, args.seed if args.seed is not None else 0)
+    cfg = _train_config(args, epochs=seed_epochs(len(data.train)))
+    result = allocate(data, _budget(args, data.image_size), selection, layers=args.layers, width=args.width,
+                      scales=args.scales, seed_width=args.seed_width, sparsity=args.sparsity, repeats=args.repeats,
+                      jobs=args.jobs, train_config=cfg, runs=runs_dir_for(out), resume=bool(args.resume), name=out.stem)
+    return result, data, cfg
+
+
+def _report_allocation(result, paths: dict[str, Path], out: Path) -> None:
+    from .agreement import format_agreement
+    from .report import format_stage_summary
+
     s = result.structure
     nc, ic = result.training.num_classes, result.training.in_chans
     print(format_stage_summary(s))
@@ -456,11 +524,6 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         f"{out}: {s.macs(None, nc, ic):,} MACs, {s.params(nc, ic):,} params{predicted} (seed network "
         f"{result.seed.macs(None, nc, ic):,} MACs); scores in {paths['sidecar']}, chart in {paths['chart']}"
     )
-    if args.then_train:
-        trained = train(s, data, dataclasses.replace(cfg, epochs=args.then_train), run_dir)
-        print(f"{out.stem}: val top-1 {100 * trained.final['val_top1']:.2f}% after {args.then_train} epochs; "
-              f"run in {run_dir}")
-    return 0
 
 
 def _budget(args: argparse.Namespace, image_size: int):
@@ -481,7 +544,7 @@ def _budget(args: argparse.Namespace, image_size: int):
 _SEED_OPTIONS = ("layers", "width", "scales", "seed_width", "repeats", "sparsity", "jobs", "preset", "epochs",
                  "image_size", "batch_size", "lr", "wd", "warmup", "label_smoothing", "no_bn_wd", "amp", "channels_last",
                  "compile", "workers", "decode", "seed", "init", "freeze_stages", "train_subset", "val_subset",
-                 "no_augment")
+                 "no_augment", "save_every")
 #: what a latency budget is predicted for
 _LATENCY_OPTIONS = ("latency_model", "latency_device", "latency_threads", "latency_batch_size", "latency_image_size",
                     "latency_compile")

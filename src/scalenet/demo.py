@@ -166,7 +166,7 @@ def _allocate(p: DemoProfile, base_cfg: TrainConfig, out: Path, seed: int):
     t = time.perf_counter()
     alloc = allocate(seed_data, WidthBudget(st.width_mult), layers=st.layers, width=st.width, repeats=p.repeats,
                      jobs=seed_jobs, train_config=replace(base_cfg, epochs=st.seed_epochs, tensorboard=False),
-                     name="scalenet")
+                     runs=out / "scalenet.runs", name="scalenet")
     seconds = time.perf_counter() - t
     alloc.save(out / "scalenet.json", chart=out / "allocation.png",
                title="Learned allocation on Fashion-MNIST (share of neurons per scale)")

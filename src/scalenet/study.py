@@ -289,7 +289,8 @@ def _learned(cfg: StudyConfig, out: Path) -> Structure:
     budget = budget_from(cfg.width_mult, cfg.macs) if given else WidthBudget(1.0)
     recipe = dataclasses.replace(cfg.train, epochs=cfg.seed_epochs or seed_epochs(len(data.train)))
     result = allocate(data, budget, layers=layout["layers"], width=layout["width"], jobs=cfg.jobs, train_config=recipe,
-                      name="learned", **({} if cfg.repeats is None else {"repeats": cfg.repeats}))
+                      runs=out / "structures" / "learned.runs", resume=True, name="learned",
+                      **({} if cfg.repeats is None else {"repeats": cfg.repeats}))
     result.save(path, title=f"learned allocation for the study ({data.name})")
     return result.structure
 

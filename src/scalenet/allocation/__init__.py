@@ -25,7 +25,8 @@ The package, one concept a file:
 - :mod:`.select`: the selectors and the weighing of scores by cost (``alpha``);
 - :mod:`.rounding`: branches rounded to a multiple of some neurons;
 - :mod:`.combine`: several seed networks' scores or allocations combined;
-- :mod:`.pipeline`: seed structure, :func:`allocate`, :func:`select_runs`, the result and its files.
+- :mod:`.pipeline`: seed structure, :func:`allocate`, :func:`select_runs`, the result and its files;
+- :mod:`.seeds`: seed networks as ordinary training runs, scored from their checkpoints.
 """
 
 from ..latency import latency_model_for  # noqa: F401 (resolves a latency budget's model; importable from here)
@@ -41,6 +42,7 @@ from .pipeline import (
     default_layout, load_runs, seed_epochs, seed_structure, select_runs,
 )
 from .rounding import multiple_pool, round_channels
+from .seeds import load_seed_runs, runs_dir_for, score_run, seed_run_dirs
 from .select import SELECTORS, check_alpha, select, select_global, select_per_block, weigh_by_cost
 
 __all__ = [
@@ -52,4 +54,5 @@ __all__ = [
     "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SEED_IMAGES", "seed_epochs", "SeedSettings", "Selection", "SeedRun",
     "AllocationResult", "seed_structure", "allocate", "default_layout", "load_runs", "select_runs",
     "latency_model_for", "stage_summary", "format_stage_summary",
+    "score_run", "load_seed_runs", "seed_run_dirs", "runs_dir_for",
 ]

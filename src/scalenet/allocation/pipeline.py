@@ -268,10 +268,15 @@ def _check_before_training(data, seed: Structure, budget: Budget, selection: Sel
 
 
 def _check_repeats(repeats: int, jobs: int | None) -> None:
+    import torch
+
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"--repeats must be a whole number of seed networks, 1 or more; got {repeats}")
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be 1 or more, got {jobs}")
+    if jobs is not None and jobs > 1 and torch.cuda.is_available():
+        raise ValueError(f"--jobs {jobs}: with CUDA the seed networks train one at a time, each on all GPUs with "
+                         "torchrun (torchrun --nproc_per_node=N -m scalenet allocate ...); drop --jobs")
 
 
 def allocate(
@@ -289,22 +294,34 @@ def allocate(
     repeats: int = DEFAULT_REPEATS,
     jobs: int | None = None,
     train_config=None,
+    runs: str | os.PathLike | None = None,
+    resume: bool = False,
     name: str | None = None,
-) -> AllocationResult:
+) -> AllocationResult | None:
     """Trains ``repeats`` seed networks on ``data`` (a :class:`~scalenet.data.DataSpec`), seeds
     ``s`` to ``s + repeats - 1`` (``s``: the training config's seed), ``jobs`` of them at a time
     (:func:`scalenet.training.in_processes`; None: one per CPU core, or one with CUDA), and keeps
     neurons from their scores under ``budget`` (default ``WidthBudget(1.0)``) as ``selection``
     says (:func:`select_runs`).
 
+    Each seed network is an ordinary training run in ``runs/seed-NNNN`` (:mod:`.seeds`; None: a
+    temporary folder), scored from its checkpoint. ``resume`` continues the runs there: finished
+    ones are scored, not retrained, the interrupted one continues from its newest checkpoint.
+    Under torchrun every seed network trains with DDP across all ranks, one after another; rank
+    0 selects and returns the result, the other ranks return None.
+
     The seed's layout is ``layers``, ``width`` and ``stem`` (default by image size,
     :func:`default_layout`), with ``seed_width`` neurons per scale. ``sparsity`` adds a
     :class:`BNScaleL1` penalty while the seeds train. A :class:`~scalenet.allocation.LatencyBudget`
     given ``LatencySettings`` instead of a model uses the cached model for the seed's layout.
-    Bad settings (an impossible budget, ``repeats < 1``) fail before any training.
+    Bad settings (an impossible budget, ``repeats < 1``, runs of other settings) fail before any
+    training.
     """
-    from ..training.classification import TrainConfig
-    from ..training.pool import auto_jobs, in_processes
+    import tempfile
+    from contextlib import nullcontext
+
+    from ..training import TrainConfig, auto_jobs, in_processes, is_main_process
+    from .seeds import prepare_runs, score_run, seed_run_dirs
 
     _check_repeats(repeats, jobs)
     layout = default_layout(data.image_size)
@@ -315,22 +332,40 @@ def allocate(
     _check_before_training(data, seed, budget, selection, importance)
     importance = importance or BNScale(0.0)
     cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
-    jobs = auto_jobs(repeats) if jobs is None else jobs
-    payloads = [
-        dict(seed=seed, data=data, sparsity=sparsity, importance=importance,
-             cfg=dataclasses.replace(cfg, seed=cfg.seed + r, progress=cfg.progress and jobs == 1),
-             label="seed" if repeats == 1 else f"seed {r + 1}/{repeats}")
-        for r in range(repeats)
-    ]
-    trained = in_processes(_train_seed_network, payloads, jobs)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and (runs is None or (jobs or 1) > 1):
+        raise ValueError("under torchrun the seed networks train one after another with DDP across all ranks: give "
+                         "the runs folder (scalenet allocate does) and no --jobs")
+    jobs = 1 if distributed else auto_jobs(repeats) if jobs is None else jobs
     training = SeedSettings(
         data.name, data.image_size, data.num_classes, data.in_chans, layers, tuple(seed.scales),
         tuple(seed_width) if isinstance(seed_width, (list, tuple)) else seed_width, type(importance).__name__,
         getattr(importance, "normalizer", None), getattr(importance, "alpha", None), sparsity, cfg.epochs, cfg.seed,
         repeats,
     )
-    runs = [SeedRun(p["cfg"].seed, scores, seed, metrics) for p, (scores, metrics) in zip(payloads, trained)]
-    return select_runs(runs, seed, budget, training, selection, name=name)
+    with tempfile.TemporaryDirectory(prefix="scalenet-seeds-") if runs is None else nullcontext(str(runs)) as folder:
+        dirs = seed_run_dirs(folder, repeats)
+        prepare_runs(Path(folder), _runs_record(training, cfg, seed, len(data.train)), repeats, resume,
+                     write=is_main_process())
+        payloads = [
+            dict(seed=seed, data=data, sparsity=sparsity, run_dir=str(d), resume="auto" if resume else False,
+                 cfg=dataclasses.replace(cfg, seed=cfg.seed + r, progress=cfg.progress and jobs == 1),
+                 label="seed" if repeats == 1 else f"seed {r + 1}/{repeats}")
+            for r, d in enumerate(dirs)
+        ]
+        in_processes(_train_seed_network, payloads, jobs)
+        if not is_main_process():
+            return None
+        scored = [score_run(d, seed, importance)[0] for d in dirs]
+    return select_runs(scored, seed, budget, training, selection, name=name)
+
+
+def _runs_record(training: SeedSettings, cfg, seed: Structure, train_images: int) -> dict[str, Any]:
+    """What a folder of seed runs depends on: the seed, its data and every training setting
+    that changes the numbers (not progress bars, workers or checkpoint timing)."""
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in ("progress", "workers", "save_every", "tensorboard")}
+    return {**training.to_json(), "train_images": train_images, "seed_rows": [list(r) for r in seed.rows], **recipe}
 
 
 def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, training: SeedSettings,
@@ -389,10 +424,9 @@ def _result(structure: Structure, combined: list[BlockScores], kept: list[list[l
     return result
 
 
-def _train_seed_network(p: dict[str, Any]) -> tuple[list[BlockScores], list[dict[str, Any]]]:
-    """Trains one seed network and scores its neurons (in a worker process when several run at once)."""
-    from ..training.classification import train
+def _train_seed_network(p: dict[str, Any]) -> None:
+    """Trains one seed network in its run directory (in a worker process when several run at once)."""
+    from ..training import train
 
-    trained = train(p["seed"], p["data"], p["cfg"], None, description=p["label"],
-                    regularizer=BNScaleL1(p["sparsity"]) if p["sparsity"] else None)
-    return p["importance"](trained.model, p["seed"], p["data"].image_size), trained.metrics
+    train(p["seed"], p["data"], p["cfg"], p["run_dir"], resume=p["resume"], description=p["label"],
+          regularizer=BNScaleL1(p["sparsity"]) if p["sparsity"] else None)

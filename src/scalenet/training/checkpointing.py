@@ -6,7 +6,7 @@
   ``best.pt``/``last.pt`` atomically.
 - :class:`CheckpointSaver`: what a training loop calls after each step and each epoch. It owns
   the save-every timer, the TensorBoard writer and preemption (SIGTERM), as timm's
-  ``CheckpointSaver`` owns its rotation; without a run directory it writes nothing.
+  ``CheckpointSaver`` owns its rotation.
 - RNG state for an exact resume (:func:`rng_state`).
 """
 
@@ -53,7 +53,7 @@ class Preempted(Exception):
 
     def __init__(self, checkpoint: Path | None):
         self.checkpoint = checkpoint
-        where = f"the run's position is in {checkpoint}" if checkpoint else "nothing was saved (no run directory)"
+        where = f"the run's position is in {checkpoint}" if checkpoint else "rank 0 saved the run's position"
         super().__init__(f"stopped by SIGTERM after finishing its step; {where}; "
                          "run the same command with --resume auto to continue")
 
@@ -321,24 +321,23 @@ class CheckpointSaver:
       when SIGTERM arrived during the epoch;
     - at the end (:meth:`finish`): ``model.safetensors`` with the best weights.
 
-    Without a run directory (``run=None``) it writes nothing and does not catch SIGTERM. Use it
-    as a context manager around the epochs (:meth:`start` installs the signal handler and opens
-    the TensorBoard writer; leaving restores and closes them).
+    Use it as a context manager around the epochs (:meth:`start` opens the TensorBoard writer,
+    entering installs the SIGTERM handler; leaving restores and closes them).
     """
 
-    def __init__(self, run: RunDir | None, d: DistContext, *, save_every: float | None = DEFAULT_SAVE_EVERY,
+    def __init__(self, run: RunDir, d: DistContext, *, save_every: float | None = DEFAULT_SAVE_EVERY,
                  tensorboard: bool = False):
         if save_every is not None and not save_every > 0:
             raise ValueError(f"--save-every must be a positive number of minutes, got {save_every}")
         self.run, self.d, self.save_every, self.tensorboard = run, d, save_every, tensorboard
-        self._sigterm = _SigtermFlag(run is not None)
+        self._sigterm = _SigtermFlag(True)
         self._writer = None
         self._last_save = time.monotonic()
 
     @property
     def writes(self) -> bool:
-        """Whether this process writes the run's files (rank 0 of a run with a directory)."""
-        return self.run is not None and self.d.main
+        """Whether this process writes the run's files (rank 0)."""
+        return self.d.main
 
     def start(self, epochs_done: int, metrics: list[dict[str, Any]]) -> "CheckpointSaver":
         """Before the first epoch: the log cut back to ``metrics`` (those of the resumed
@@ -364,13 +363,11 @@ class CheckpointSaver:
 
     def kept(self, epoch: int) -> str:
         """What survives a failure now, for error messages."""
-        return self.run.kept(epoch) if self.run is not None else "nothing was saved"
+        return self.run.kept(epoch)
 
-    def step_hook(self, checkpoint: Callable[..., dict[str, Any]]) -> Callable[[int, Any], None] | None:
-        """The ``after_step`` of :func:`~scalenet.training.loop.train_one_epoch` (None without a
-        run directory); ``checkpoint(step=, tally=)`` gives the run's state inside the epoch."""
-        if self.run is None:
-            return None
+    def step_hook(self, checkpoint: Callable[..., dict[str, Any]]) -> Callable[[int, Any], None]:
+        """The ``after_step`` of :func:`~scalenet.training.loop.train_one_epoch`;
+        ``checkpoint(step=, tally=)`` gives the run's state inside the epoch."""
         return lambda steps, tally: self.after_step(checkpoint, steps, tally)
 
     def after_step(self, checkpoint: Callable[..., dict[str, Any]], steps: int, tally) -> None:
@@ -396,7 +393,7 @@ class CheckpointSaver:
                 _log_scalars(self._writer, record, int(record["epoch"]))
         self._last_save = time.monotonic()
         self.d.barrier()
-        if self.run is not None and bool(self.d.all_reduce([float(self._sigterm.requested)])[0]) and more:
+        if bool(self.d.all_reduce([float(self._sigterm.requested)])[0]) and more:
             raise Preempted(self.run.last)
 
     def finish(self) -> None:

@@ -277,7 +277,7 @@ def train(
     structure: Structure,
     data: DataSpec,
     cfg: TrainConfig,
-    run_dir: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike,
     *,
     resume: bool | str = False,
     description: str | None = None,
@@ -288,15 +288,15 @@ def train(
     ``resume=True`` requires one, ``"auto"`` continues one if it is there (the same call then
     serves the first start and every restart).
 
-    With ``run_dir=None`` nothing is written (used for short internal runs such as a seed
-    network); otherwise checkpoints, ``metrics.jsonl`` and TensorBoard logs go there.
+    Checkpoints, ``metrics.jsonl`` and TensorBoard logs go to ``run_dir`` (seed networks too:
+    :mod:`scalenet.allocation.seeds`).
     ``regularizer(model)`` is added to every step's loss (e.g. :class:`scalenet.allocation.BNScaleL1`);
     ``on_epoch(model, record)`` runs after each epoch.
     """
     d = setup_distributed()
     structure.check_input(data.image_size)
-    run = RunDir(run_dir, CHECKPOINT_FORMAT) if run_dir is not None else None
-    resume = run.open(resume, d) if run is not None else False
+    run = RunDir(run_dir, CHECKPOINT_FORMAT)
+    resume = run.open(resume, d)
 
     random_seed(cfg.seed)  # torch, NumPy and Python's generators (timm.utils)
     model = create_model(structure, num_classes=data.num_classes, in_chans=data.in_chans)
@@ -319,5 +319,4 @@ def train(
     saver = CheckpointSaver(run, d, save_every=cfg.save_every, tensorboard=cfg.tensorboard)
     result = fit(task, model, updater, train_loader, saver, epochs=cfg.epochs, d=d, resume=resume,
                  compile=cfg.compile, amp=cfg.amp, regularizer=regularizer, on_epoch=on_epoch, progress=cfg.progress)
-    return TrainResult(model=model, metrics=result.metrics, best_top1=result.best,
-                       run_dir=run.path if run is not None else None)
+    return TrainResult(model=model, metrics=result.metrics, best_top1=result.best, run_dir=run.path)

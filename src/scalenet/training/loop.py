@@ -259,7 +259,7 @@ def fit(
     the saver's run's newest complete checkpoint exactly, inside an epoch too.
     ``on_epoch(model, record)`` runs after each epoch's validation (e.g. to watch a ranking settle).
     """
-    at = _restore(task, model, updater, saver.run, d) if resume and saver.run is not None else _Position(task.initial_best)
+    at = _restore(task, model, updater, saver.run, d) if resume else _Position(task.initial_best)
     net = d.wrap(model, compile)
     penalty = (lambda: regularizer(model)) if regularizer is not None else None
     note_skipped = True

@@ -1,0 +1,102 @@
+"""What the allocation costs on ImageNet-size data: the seed network of the ImageNet layout
+(``seed_structure((3, 4, 6, 3), stem="imagenet", width=64, image_size=224)``, C = planes neurons
+per scale) against torchvision's ResNet-50, side by side in one process.
+
+- MACs and parameters (analytic for the seed, FlopCounterMode for ResNet-50);
+- the median training-step time (forward, backward, SGD; channels_last, fp32) over interleaved
+  repeats, and its ratio to ResNet-50's;
+- the peak memory of two training steps above the built model (a fresh process each,
+  :func:`scalenet.bench.peak_step_memory_mb`: activations, gradients, momentum);
+- the default allocation's projected cost (16 seed networks of one epoch each) in ResNet-50
+  epochs, by the step-time ratio and by the MACs ratio.
+
+    .venv/bin/python benchmarks/seed_cost.py [--batch-size 8] [--repeats 5]
+
+Writes benchmarks/results/seed-cost-<device>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torchvision
+
+from scalenet import create_model
+from scalenet.allocation import DEFAULT_REPEATS, seed_structure
+from scalenet.bench import _count, peak_step_memory_mb
+from scalenet.devices import device_name, device_slug
+from scalenet.fileio import atomic_write_text
+from scalenet.timing import interleaved, summarize
+
+SEED = dict(layers=(3, 4, 6, 3), stem="imagenet", width=64, image_size=224)
+IMAGENET_TRAIN = 1_281_167
+
+
+def seed_network(model=None):
+    """The ImageNet layout's seed network (``model`` is ignored: the memory child's variant hook)."""
+    return create_model(seed_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"],
+                                       image_size=SEED["image_size"]))
+
+
+def _step(model, x, y):
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    seed = seed_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"], image_size=SEED["image_size"])
+    models = {"resnet50": torchvision.models.resnet50(), "seed network": seed_network()}
+    x = torch.randn(args.batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch_size,))
+    rows = {"resnet50": dict(zip(("macs", "params"), _count(models["resnet50"], 224))),
+            "seed network": {"macs": seed.macs(224), "params": seed.params()}}
+    times = summarize(interleaved({k: _step(m, x, y) for k, m in models.items()}, args.repeats, warmup=1,
+                                  progress="training steps"), "resnet50")
+    variant = f"{Path(__file__).resolve()}:seed_network"
+    rows["resnet50"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224)
+    rows["seed network"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224, variant)
+    for k in rows:
+        rows[k].update(times[k])
+    step_ratio = times["seed network"]["median_ms"] / times["resnet50"]["median_ms"]
+    macs_ratio = rows["seed network"]["macs"] / rows["resnet50"]["macs"]
+    dev = device_name(torch.device("cpu"))
+    result = {
+        "device": dev, "torch": torch.__version__, "batch_size": args.batch_size, "image_size": 224,
+        "repeats": args.repeats, "models": rows, "step_time_ratio": step_ratio, "macs_ratio": macs_ratio,
+        "default_repeats": DEFAULT_REPEATS, "imagenet_train_images": IMAGENET_TRAIN,
+        "allocation_in_resnet50_epochs": {"by_step_time": DEFAULT_REPEATS * step_ratio,
+                                          "by_macs": DEFAULT_REPEATS * macs_ratio},
+    }
+    out = Path(__file__).resolve().parent / "results" / f"seed-cost-{device_slug(dev)}"
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    lines = [f"# Seed network of the ImageNet layout vs ResNet-50 ({dev}, batch {args.batch_size}, 224 px, "
+             f"channels_last, fp32, median of {args.repeats} interleaved training steps)", "",
+             "| model | MACs | params | step ms | ratio | peak step memory MB |", "|---|---:|---:|---:|---:|---:|"]
+    for k, r in rows.items():
+        lines.append(f"| {k} | {r['macs'] / 1e9:.2f} G | {r['params'] / 1e6:.1f} M | {r['median_ms']:.0f} | "
+                     f"{r['ratio_to_resnet50']:.2f}x | {r['peak_step_memory_mb']:.0f} |")
+    e = result["allocation_in_resnet50_epochs"]
+    lines += ["", f"{DEFAULT_REPEATS} seed networks of one epoch each = {e['by_step_time']:.1f} ResNet-50 epochs by "
+                  f"step time ({e['by_macs']:.1f} by MACs)."]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

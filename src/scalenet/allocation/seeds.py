@@ -1,0 +1,136 @@
+"""Seed networks as ordinary training runs.
+
+Each seed network trains in its own run directory, ``RUNS/seed-0000``, ``RUNS/seed-0001``, ...,
+through the same training as ``scalenet train`` (checkpoints, ``metrics.jsonl``, TensorBoard,
+``--resume auto``, DDP under torchrun), and is scored from its checkpoint
+(:func:`score_run`): the same code whether the run just finished in this process or was
+trained elsewhere (``scalenet allocate --from-runs``). ``RUNS/allocation.json`` records what
+the runs depend on, so that a resumed allocation with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..structure import Structure
+from .importance import BNScale, Importance
+from .pipeline import SeedRun, SeedSettings
+
+__all__ = ["SETTINGS_FILE", "seed_run_dirs", "runs_dir_for", "prepare_runs", "score_run", "load_seed_runs"]
+
+#: What a folder of seed runs was trained with (checked when the allocation resumes).
+SETTINGS_FILE = "allocation.json"
+
+
+def seed_run_dirs(runs: str | os.PathLike, repeats: int) -> list[Path]:
+    """The run directories of ``repeats`` seed networks in ``runs``."""
+    return [Path(runs) / f"seed-{r:04d}" for r in range(repeats)]
+
+
+def runs_dir_for(structure_path: str | os.PathLike) -> Path:
+    """Where ``scalenet allocate --out X.json`` trains its seed networks: ``X.runs/`` beside it."""
+    path = Path(structure_path)
+    return path.with_name(path.stem + ".runs")
+
+
+def prepare_runs(runs: Path, record: Mapping[str, Any], repeats: int, resume: bool, write: bool) -> None:
+    """Refuses, in one line, seed runs in ``runs`` trained with other settings than ``record``
+    (naming the difference), and seed runs already there unless ``resume``; then (``write``:
+    rank 0) records the settings."""
+    from ..fileio import atomic_write_text
+    from ..training import CHECKPOINT_FORMAT, RunDir
+
+    if runs.exists() and not runs.is_dir():
+        raise ValueError(f"{runs} is a file; the seed networks train in a folder there (choose another --out)")
+    saved = runs / SETTINGS_FILE
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        differ = [k for k in sorted(set(old) | set(record)) if old.get(k) != record.get(k)]
+        if differ:
+            shown = [f"{k} ({old.get(k)} there, {record.get(k)} here)" if _short(old.get(k), record.get(k)) else k
+                     for k in differ]
+            raise ValueError(f"{runs} holds seed runs of other settings: {', '.join(shown)}; use the same settings "
+                             "or another --out")
+    held = [d for d in seed_run_dirs(runs, repeats) if RunDir(d, CHECKPOINT_FORMAT).has_checkpoint()]
+    if held and not resume:
+        raise ValueError(f"{runs} already holds seed runs ({held[0].name}); pass --resume auto to continue them, or "
+                         "choose another --out")
+    if write:
+        runs.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
+
+
+def _short(*values: Any) -> bool:
+    return all(isinstance(v, (str, int, float, type(None))) and len(str(v)) <= 80 for v in values)
+
+
+def score_run(path: str | os.PathLike, seed: Structure | None = None,
+              importance: Importance | None = None) -> tuple[SeedRun, dict[str, Any]]:
+    """A finished seed run's scores and records, read from its ``last.pt`` and ``metrics.jsonl``;
+    with ``seed``, the run must be of that structure. Returns the run and its checkpoint."""
+    from ..training import CHECKPOINT_FORMAT, RunDir, model_from_checkpoint
+
+    run = RunDir(path, CHECKPOINT_FORMAT)
+    if not run.path.is_dir() or not (run.last.is_file() or run.step_files()):
+        raise ValueError(f"{run.path} is not a training run (no last.pt); give run directories written by "
+                         "scalenet train")
+    if not run.last.is_file():
+        raise ValueError(f"{run.path} is unfinished (no epoch ended yet); finish it with scalenet train ... "
+                         "--resume auto")
+    model, ckpt = model_from_checkpoint(run.last)
+    epochs = int((ckpt.get("args") or {}).get("epochs", ckpt["epoch"]))
+    if int(ckpt["epoch"]) < epochs:
+        raise ValueError(f"{run.path} is unfinished (epoch {ckpt['epoch']} of {epochs}); finish it with scalenet "
+                         "train ... --resume auto")
+    structure = model.structure
+    if seed is not None and (structure.rows, structure.layers, structure.scales) != (seed.rows, seed.layers, seed.scales):
+        raise ValueError(f"{run.path} is a run of another structure than the seed network's "
+                         f"({_describe(structure)} vs {_describe(seed)}); give runs of one seed structure")
+    scores = (importance or BNScale())(model, structure, int(ckpt["image_size"]))
+    seed_value = int((ckpt.get("args") or {}).get("seed", 0))
+    return SeedRun(seed_value, scores, structure, run.read_metrics(upto=int(ckpt["epoch"]))), ckpt
+
+
+def _describe(s: Structure) -> str:
+    return f"layers {'-'.join(map(str, s.layers))}, {sum(sum(r[:-1]) for r in s.rows):,} neurons"
+
+
+def load_seed_runs(paths: Sequence[str | os.PathLike],
+                   importance: Importance | None = None) -> tuple[list[SeedRun], Structure, SeedSettings]:
+    """Seed networks trained anywhere (``scalenet train --model seed.json``), scored from their
+    checkpoints, for :func:`~scalenet.allocation.select_runs`: they must be finished runs of one
+    seed structure (uniform neurons per scale) on one data set; each refusal is one line."""
+    if not paths:
+        raise ValueError("--from-runs needs at least one run directory")
+    first, ckpt0 = score_run(paths[0], importance=importance)
+    seed = first.structure
+    if any(len({c for c in r[:-1] if c}) != 1 for r in seed.rows):  # scales too coarse for a map are 0
+        raise ValueError(f"{paths[0]} is a run of {_describe(seed)} with unequal neurons per scale, not a seed "
+                         "network; train the structure scalenet allocate --write-seed writes")
+    runs = [first]
+    data0 = (ckpt0.get("data"), ckpt0.get("train_images"), ckpt0["num_classes"], ckpt0["image_size"])
+    for path in paths[1:]:
+        run, ckpt = score_run(path, seed, importance)
+        data = (ckpt.get("data"), ckpt.get("train_images"), ckpt["num_classes"], ckpt["image_size"])
+        if data != data0:
+            raise ValueError(f"{path} was trained on {data[0]} ({data[1]:,} images, {data[2]} classes, {data[3]} px) but "
+                             f"{paths[0]} on {data0[0]} ({data0[1]:,} images, {data0[2]} classes, {data0[3]} px); give "
+                             "runs on one data set")
+        runs.append(run)
+    seeds = [r.seed for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--from-runs: runs {', '.join(map(str, paths))} share training seeds ({seeds}); give runs of "
+                         "different --seed")
+    planes = seed.stage_planes()
+    per_stage = [seed.rows[sum(seed.layers[:i])][0] for i in range(len(seed.layers))]
+    imp = importance or BNScale()
+    training = SeedSettings(
+        str(ckpt0.get("data")), int(ckpt0["image_size"]), int(ckpt0["num_classes"]), int(ckpt0["in_chans"]),
+        tuple(seed.layers), tuple(seed.scales), None if per_stage == list(planes) else tuple(per_stage),
+        type(imp).__name__, getattr(imp, "normalizer", None), 0.0, 0.0,
+        int((ckpt0.get("args") or {}).get("epochs", ckpt0["epoch"])), min(seeds), len(runs),
+    )
+    return runs, seed, training

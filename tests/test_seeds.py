@@ -1,0 +1,172 @@
+"""Seed networks as ordinary training runs: run directories, --resume auto after a kill, seeds
+trained elsewhere (--write-seed, scalenet train, --from-runs), and torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scalenet import Structure
+from scalenet.checkpoint import read_state_dict
+from scalenet.cli import main
+
+from helpers import make_image_folder, refused
+
+ALLOCATE = ["--layers", "1,1", "--width", "8", "--epochs", "2", "--batch-size", "8", "--seed", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("seeds") / "data", classes=3, per_class=16, size=16)
+
+
+@pytest.fixture(scope="module")
+def straight(folder):
+    """An uninterrupted allocation of two seed networks, one at a time."""
+    (folder.parent / "straight").mkdir()
+    out = folder.parent / "straight" / "s.json"
+    assert main(["allocate", "--data", str(folder), "--out", str(out), "--repeats", "2", "--jobs", "1", *ALLOCATE]) == 0
+    return out
+
+
+def _sidecar(path: Path) -> dict:
+    return json.loads(path.with_name(path.stem + ".scores.json").read_text())
+
+
+def test_every_seed_network_is_an_ordinary_run_scored_from_its_checkpoint(straight):
+    runs = straight.with_name("s.runs")
+    assert sorted(p.name for p in runs.iterdir()) == ["allocation.json", "seed-0000", "seed-0001"]
+    for i, d in enumerate(sorted(runs.glob("seed-*"))):
+        assert {"last.pt", "best.pt", "metrics.jsonl", "model.safetensors"} <= {p.name for p in d.iterdir()}
+        assert (d / "tensorboard").is_dir()
+        records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in records] == [1, 2]
+        assert _sidecar(straight)["runs"][i]["metrics"] == records  # the records are read from the run
+
+
+def test_a_killed_allocation_resumes_retraining_only_the_interrupted_seed(folder, straight, tmp_path):
+    out = tmp_path / "k.json"
+    cmd = [sys.executable, "-m", "scalenet", "allocate", "--data", str(folder), "--out", str(out), "--repeats", "2",
+           "--jobs", "1", *ALLOCATE]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # kill during the second seed network, after its first epoch
+        if line.startswith("seed 2/2 epoch 1/2"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    first = out.with_name("k.runs") / "seed-0000" / "last.pt"
+    before = first.stat().st_mtime_ns
+    refused_run = subprocess.run(cmd, capture_output=True, text=True)  # the runs are there: --resume auto, or refuse
+    assert refused_run.returncode == 2 and "already holds seed runs (seed-0000); pass --resume auto" in refused_run.stderr
+    again = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout and "seed 2/2 epoch 2/2" in again.stdout and "seed 1/2 epoch" not in again.stdout
+    assert first.stat().st_mtime_ns == before  # the finished seed network was scored, not retrained
+    assert Structure.load(out).rows == Structure.load(straight).rows
+    a, b = _sidecar(out), _sidecar(straight)
+    assert [r["scores"] for r in a["runs"]] == [r["scores"] for r in b["runs"]]
+
+
+def test_seed_networks_trained_elsewhere_give_the_in_process_result(folder, straight, tmp_path, capsys):
+    seed = tmp_path / "seed.json"
+    assert main(["allocate", "--data", str(folder), "--write-seed", str(seed), "--layers", "1,1", "--width", "8"]) == 0
+    trained = read_state_dict(straight.with_name("s.runs") / "seed-0000" / "last.pt")["structure"]
+    assert Structure.load(seed).rows == Structure.from_json(trained).rows  # the seed allocate trains
+    runs = []
+    for s in (3, 4):  # the seeds allocate --seed 3 --repeats 2 trains
+        run = tmp_path / f"run{s}"
+        assert main(["train", "--model", str(seed), "--data", str(folder), "--epochs", "2", "--batch-size", "8",
+                     "--seed", str(s), "--out", str(run), "--no-progress"]) == 0
+        runs.append(str(run))
+    out = tmp_path / "from.json"
+    assert main(["allocate", "--from-runs", *runs, "--out", str(out)]) == 0
+    assert Structure.load(out).rows == Structure.load(straight).rows
+    assert [r["scores"] for r in _sidecar(out)["runs"]] == [r["scores"] for r in _sidecar(straight)["runs"]]
+    assert _sidecar(out)["settings"]["seed"] == 3 and _sidecar(out)["settings"]["repeats"] == 2
+
+    # refusals, one line each
+    refused(capsys, ["allocate", "--from-runs", str(folder), "--out", tmp_path / "x.json"], "is not a training run")
+    other = tmp_path / "other.json"
+    Structure.from_channels([[4, 4, 4, 0], [8, 8, 8, 0]], (1, 1), stem="small", width=8, image_size=16).save(other)
+    assert main(["train", "--model", str(other), "--data", str(folder), "--epochs", "1", "--batch-size", "8",
+                 "--out", str(tmp_path / "other"), "--no-progress"]) == 0
+    refused(capsys, ["allocate", "--from-runs", runs[0], str(tmp_path / "other"), "--out", tmp_path / "x.json"],
+            "is a run of another structure than the seed network's")
+    small = make_image_folder(tmp_path / "small", classes=3, per_class=8, size=16)
+    assert main(["train", "--model", str(seed), "--data", str(small), "--epochs", "2", "--batch-size", "8",
+                 "--seed", "9", "--out", str(tmp_path / "small-run"), "--no-progress"]) == 0
+    refused(capsys, ["allocate", "--from-runs", runs[0], str(tmp_path / "small-run"), "--out", tmp_path / "x.json"],
+            "give runs on one data set")
+    unfinished = json.loads((Path(runs[0]) / "metrics.jsonl").read_text().splitlines()[0])
+    assert unfinished["epoch"] == 1
+    import torch
+
+    ckpt = torch.load(Path(runs[1]) / "last.pt", weights_only=True)
+    ckpt["epoch"] = 1
+    torch.save(ckpt, Path(runs[1]) / "last.pt")
+    refused(capsys, ["allocate", "--from-runs", runs[0], runs[1], "--out", tmp_path / "x.json"],
+            "is unfinished (epoch 1 of 2); finish it with scalenet train")
+    refused(capsys, ["allocate", "--from-runs", runs[0], "--out", tmp_path / "x.json", "--repeats", "2"],
+            "--repeats does not apply")
+
+
+def test_resuming_with_other_settings_or_a_truncated_checkpoint(folder, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    base = ["allocate", "--data", str(folder), "--out", str(out), "--repeats", "1", *ALLOCATE]
+    assert main(base) == 0
+    refused(capsys, [*base, "--force", "--resume", "auto", "--lr", "0.05"],
+            "r.runs holds seed runs of other settings: lr (0.1 there, 0.05 here)")
+    refused(capsys, [*base[:-len(ALLOCATE)], "--layers", "1,1", "--width", "4", *ALLOCATE[4:], "--force", "--resume",
+                     "auto"], "holds seed runs of other settings")
+    last = out.with_name("r.runs") / "seed-0000" / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])  # cut off mid-write: training falls back to best.pt
+    assert main([*base, "--force", "--resume", "auto"]) == 0
+    assert "cut off or damaged" in capsys.readouterr().out
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@pytest.mark.numerics
+def test_torchrun_trains_each_seed_with_ddp_and_rank_0_writes(folder, tmp_path):
+    def run(out: Path, restarts: int = 0, kill: bool = False) -> str:
+        cmd = [*TORCHRUN, f"--max-restarts={restarts}", "-m", "scalenet", "allocate", "--data", str(folder), "--out",
+               str(out), "--repeats", "2", *ALLOCATE, "--resume", "auto", "--save-every", "1e-6"]
+        agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if kill:  # SIGKILL a worker during the second seed network
+            from test_elastic import _workers
+
+            step = out.with_name(out.stem + ".runs") / "seed-0001"
+            deadline = time.time() + 240
+            while not list(step.glob("step-*.pt")) and time.time() < deadline and agent.poll() is None:
+                time.sleep(0.005)
+            workers = _workers(agent.pid)
+            assert agent.poll() is None and 1 in workers, "the run ended before a worker could be stopped"
+            os.kill(workers[1], signal.SIGKILL)
+        log, _ = agent.communicate(timeout=600)
+        assert agent.returncode == 0, log[-3000:]
+        return log
+
+    straight = tmp_path / "straight.json"
+    log = run(straight)
+    assert log.count("agreement of 2 seed network(s)") == 1  # rank 0 prints the table, the other rank nothing
+    killed = tmp_path / "killed.json"
+    log = run(killed, restarts=1, kill=True)
+    assert "resuming" in log
+    assert Structure.load(killed).rows == Structure.load(straight).rows
+    assert [r["scores"] for r in _sidecar(killed)["runs"]] == [r["scores"] for r in _sidecar(straight)["runs"]]
+
+
+def test_jobs_above_one_with_cuda_is_refused_before_any_training(folder, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    refused(capsys, ["allocate", "--data", folder, "--out", tmp_path / "g.json", "--jobs", "2", *ALLOCATE],
+            "--jobs 2: with CUDA the seed networks train one at a time")
+    assert not (tmp_path / "g.runs").exists()
