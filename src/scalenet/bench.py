@@ -107,14 +107,12 @@ def run_bench(
     cuda_graphs: bool = False,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """One interleaved run of the peers. ``compile`` uses inductor, with freezing for inference;
-    ``cuda_graphs`` compiles with ``mode="reduce-overhead"`` (CUDA graphs). On CPU,
-    ``train=True`` also measures each model's peak step memory in a fresh process
-    (:func:`peak_step_memory_mb`)."""
+    """One interleaved run of the peers (``compile``: inductor, with freezing for inference;
+    ``cuda_graphs``: CUDA graphs). On CPU, ``train=True`` also measures each model's peak step
+    memory in a fresh process (:func:`peak_step_memory_mb`)."""
     dev, builders, precision = check_bench(device, train, models, cuda_graphs, precision)
     amp_dtype = PRECISIONS[precision]
-    # inference compiles with inductor's freezing (weights become constants: BN folding, oneDNN
-    # weight prepacking on CPU), the setting for deployment, for every model alike
+    # inference compiles with inductor's freezing (BN folding, weight prepacking): deployment's setting
     freezing = compile and not cuda_graphs and not train
     rows: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[], None]] = {}

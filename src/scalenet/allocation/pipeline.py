@@ -311,17 +311,10 @@ def allocate(
     0 selects and returns the result, the other ranks return None.
 
     The seed's layout is ``layers``, ``width`` and ``stem`` (default by image size,
-    :func:`default_layout`), with ``seed_width`` neurons per scale. ``sparsity`` adds a
-    :class:`BNScaleL1` penalty while the seeds train. A :class:`~scalenet.allocation.LatencyBudget`
-    given ``LatencySettings`` instead of a model uses the cached model for the seed's layout.
-    Bad settings (an impossible budget, ``repeats < 1``, runs of other settings) fail before any
-    training.
+    :func:`default_layout`), with ``seed_width`` neurons per scale; ``sparsity`` adds a
+    :class:`BNScaleL1` penalty. Bad settings fail before any training.
     """
-    import tempfile
-    from contextlib import nullcontext
-
-    from ..training import TrainConfig, auto_jobs, in_processes, is_main_process
-    from .seeds import prepare_runs, score_run, seed_run_dirs
+    from ..training import TrainConfig
 
     _check_repeats(repeats, jobs)
     layout = default_layout(data.image_size)
@@ -332,23 +325,36 @@ def allocate(
     _check_before_training(data, seed, budget, selection, importance)
     importance = importance or BNScale(0.0)
     cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed and (runs is None or (jobs or 1) > 1):
-        raise ValueError("under torchrun the seed networks train one after another with DDP across all ranks: give "
-                         "the runs folder (scalenet allocate does) and no --jobs")
-    jobs = 1 if distributed else auto_jobs(repeats) if jobs is None else jobs
+    jobs = _jobs(jobs, repeats, runs)
     training = SeedSettings(
         data.name, data.image_size, data.num_classes, data.in_chans, layers, tuple(seed.scales),
         tuple(seed_width) if isinstance(seed_width, (list, tuple)) else seed_width, type(importance).__name__,
         getattr(importance, "normalizer", None), getattr(importance, "alpha", None), sparsity, cfg.epochs, cfg.seed,
         repeats,
     )
+    scored = _train_and_score(seed, data, cfg, training, importance, jobs, runs, resume)
+    if scored is None:  # a rank other than 0 under torchrun
+        return None
+    return select_runs(scored, seed, budget, training, selection, name=name)
+
+
+def _train_and_score(seed: Structure, data, cfg, training: SeedSettings, importance: Importance, jobs: int, runs,
+                     resume: bool) -> list[SeedRun] | None:
+    """Trains the seed networks in ``runs`` (None: a temporary folder), ``jobs`` at a time, and
+    scores them from their checkpoints (None on ranks other than 0)."""
+    import tempfile
+    from contextlib import nullcontext
+
+    from ..training import in_processes, is_main_process
+    from .seeds import prepare_runs, score_run, seed_run_dirs
+
+    repeats = training.repeats
     with tempfile.TemporaryDirectory(prefix="scalenet-seeds-") if runs is None else nullcontext(str(runs)) as folder:
         dirs = seed_run_dirs(folder, repeats)
         prepare_runs(Path(folder), _runs_record(training, cfg, seed, len(data.train)), repeats, resume,
                      write=is_main_process())
         payloads = [
-            dict(seed=seed, data=data, sparsity=sparsity, run_dir=str(d), resume="auto" if resume else False,
+            dict(seed=seed, data=data, sparsity=training.sparsity, run_dir=str(d), resume="auto" if resume else False,
                  cfg=dataclasses.replace(cfg, seed=cfg.seed + r, progress=cfg.progress and jobs == 1),
                  label="seed" if repeats == 1 else f"seed {r + 1}/{repeats}")
             for r, d in enumerate(dirs)
@@ -356,8 +362,20 @@ def allocate(
         in_processes(_train_seed_network, payloads, jobs)
         if not is_main_process():
             return None
-        scored = [score_run(d, seed, importance)[0] for d in dirs]
-    return select_runs(scored, seed, budget, training, selection, name=name)
+        return [score_run(d, seed, importance)[0] for d in dirs]
+
+
+def _jobs(jobs: int | None, repeats: int, runs) -> int:
+    """Seed networks trained at once: one under torchrun (each with DDP across the ranks, which
+    need a shared runs folder), else ``jobs`` or one per CPU core."""
+    from ..training import auto_jobs
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if runs is None or (jobs or 1) > 1:
+            raise ValueError("under torchrun the seed networks train one after another with DDP across all ranks: "
+                             "give the runs folder (scalenet allocate does) and no --jobs")
+        return 1
+    return auto_jobs(repeats) if jobs is None else jobs
 
 
 def _runs_record(training: SeedSettings, cfg, seed: Structure, train_images: int) -> dict[str, Any]:
