@@ -150,3 +150,12 @@ def test_bad_hub_folders_and_outputs_get_one_line(learned, tmp_path, capsys):
     refused(capsys, ["predict", image, "--checkpoint", "hf-hub:nobody/nothing"],
             "hf-hub:nobody/nothing: the Hugging Face Hub cannot be reached from here")
     refused(capsys, ["predict", image, "--checkpoint", "hf-hub:nobody/nothing"], "use local-dir:PATH")
+
+
+def test_a_training_checkpoint_still_exports_to_onnx_with_its_structure(learned, tmp_path):
+    _, best = learned
+    structure = best.parent.parent / "tiny.json"  # the structure allocate wrote beside its run
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(structure), "--checkpoint", str(best), "--num-classes", "3", "--image-size",
+                 "32", "--onnx", str(out)]) == 0
+    assert out.stat().st_size > 0

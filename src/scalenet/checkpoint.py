@@ -20,8 +20,9 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or that does not fit the model."""
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a weight file: .safetensors, or .pth/.pt through ``torch.load(weights_only=True)``.
+def read_state_dict(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """Reads a weight file: .safetensors, or .pth/.pt through ``torch.load(weights_only=True)``
+    (``mmap``: tensors mapped, not read, for a look at the entries; zip-format files only).
 
     Returns the raw top-level mapping (it may be a wrapper holding a state_dict).
     """
@@ -37,7 +38,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file ({_first_line(e)})") from None
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        obj = torch.load(str(p), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch.load raises many types on bad bytes (IndexError, EOFError, ...)
         raise CheckpointError(f"{p}: {_not_a_checkpoint(p, e)}") from None
     if not isinstance(obj, Mapping):

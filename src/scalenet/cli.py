@@ -458,7 +458,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 def _write_seed(args: argparse.Namespace) -> int:
     """``allocate --write-seed seed.json``: the seed structure for the data and layout, nothing trained."""
-    from .allocation import default_layout, seed_structure
+    from .allocation import seed_for
     from .fileio import check_output_file
 
     if args.data is None:
@@ -468,9 +468,8 @@ def _write_seed(args: argparse.Namespace) -> int:
                   "with --write-seed, which only writes the seed structure")
     out = check_output_file(args.write_seed, "--write-seed", "seed.json", force=args.force)
     data = _data(args, args.seed if args.seed is not None else 0)
-    layout = default_layout(data.image_size)
-    seed = seed_structure(tuple(args.layers or layout["layers"]), seed_width=args.seed_width, scales=args.scales,
-                          stem=layout["stem"], width=args.width or layout["width"], image_size=data.image_size)
+    seed = seed_for(data.image_size, layers=args.layers, width=args.width, scales=args.scales,
+                    seed_width=args.seed_width)
     seed.save(out)
     print(f"{out}: seed structure for {data.name} ({data.image_size} px, {data.num_classes} classes), "
           f"{seed.macs(None, data.num_classes, data.in_chans):,} MACs; train it with scalenet train --model {out} "
@@ -654,14 +653,15 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _is_training_checkpoint(path: str | None) -> bool:
+    """Whether ``path`` is a ``scalenet train`` checkpoint (its entries looked at, tensors mapped, not read)."""
     from .checkpoint import CheckpointError
     from .training import load_run_checkpoint
 
     if path is None or Path(path).suffix == ".safetensors" or not Path(path).is_file():
         return False
     try:
-        load_run_checkpoint(path)
-    except CheckpointError:
+        load_run_checkpoint(path, mmap=True)
+    except CheckpointError:  # a plain weight file (or an old, non-zip .pth)
         return False
     return True
 
@@ -672,40 +672,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .fileio import check_output_file
     from .fuse import fuse
 
-    if args.hub is None:
-        _refuse_given(args, ["license"], "without --hub (it is the model card's)")
-    trained = _is_training_checkpoint(args.checkpoint)
-    if trained:
-        _refuse_given(args, ["model", "num_classes", "in_chans", "layers"],
-                      f"with --checkpoint {args.checkpoint}, a scalenet train checkpoint that holds them")
-    elif args.model is None:
-        raise ValueError("give --model NAME|structure.json (or a scalenet train checkpoint as --checkpoint)")
     if args.hub is not None:
-        _refuse_given(args, ["fused"], "with --hub (the Hub folder holds the trainable model)")
-        return _export_hub(args, trained)
+        return _export_hub(args)
+    _refuse_given(args, ["license"], "without --hub (it is the model card's)")
+    if args.model is None:
+        raise ValueError("--onnx needs --model NAME|structure.json")
     structure = resolve_structure(args.model, layers=args.layers)
     image_size = args.image_size or structure.image_size
     structure.check_input(image_size)
     out = check_output_file(args.onnx, "--onnx", "model.onnx", force=args.force)
     in_chans = args.in_chans or 3
-    if trained:
-        from .training import model_from_checkpoint
-
-        model, ckpt = model_from_checkpoint(args.checkpoint)
-        in_chans = ckpt["in_chans"]
-    else:
-        model = create_model(structure, num_classes=args.num_classes or 1000, in_chans=in_chans,
-                             checkpoint=args.checkpoint)
+    model = create_model(structure, num_classes=args.num_classes or 1000, in_chans=in_chans, checkpoint=args.checkpoint)
     diff = export_checked(fuse(model) if args.fused else model.eval(), out, image_size, in_chans)
     print(f"{out}: opset 17, dynamic batch, {'fused, ' if args.fused else ''}onnxruntime vs PyTorch max relative "
           f"difference {diff:.1e}")
     return 0
 
 
-def _export_hub(args: argparse.Namespace, trained: bool) -> int:
+def _export_hub(args: argparse.Namespace) -> int:
     """``scalenet export --hub DIR``: a training checkpoint, or a published name (or structure) with weights."""
     from .hub import export_hub
 
+    _refuse_given(args, ["fused"], "with --hub (the Hub folder holds the trainable model)")
+    trained = _is_training_checkpoint(args.checkpoint)
+    if trained:
+        _refuse_given(args, ["model", "num_classes", "in_chans", "layers"],
+                      f"with --checkpoint {args.checkpoint}, a scalenet train checkpoint that holds them")
+    elif args.model is None:
+        raise ValueError("give --model NAME|structure.json (or a scalenet train checkpoint as --checkpoint)")
     out = export_hub(args.hub, args.checkpoint, model=None if trained else args.model, image_size=args.image_size,
                      num_classes=args.num_classes or 1000, in_chans=args.in_chans or 3, layers=args.layers,
                      license=args.license, force=args.force)

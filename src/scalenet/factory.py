@@ -64,25 +64,26 @@ def create_model(
     """
     from .hub import is_hub, load_hub
 
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", None)
     if is_hub(name_or_structure):  # a Hub-layout folder: its structure, classes and weights
         given = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v not in (1000, 3)}
         if checkpoint is not None or layers is not None or given:
             raise ValueError(f"{name_or_structure} holds its own weights, classes and channels; drop checkpoint=, "
                              "layers=, num_classes= and in_chans=")
-        return load_hub(name_or_structure, **kwargs)[0]
-    structure = resolve_structure(name_or_structure, layers)
-    variant = structure.name if structure.name in published_names() else "scalenet_structure"
-    features_only = kwargs.pop("features_only", False)
-    out_indices = kwargs.pop("out_indices", None)
-    model = _create_scalenet(variant, structure=structure, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if checkpoint is not None:
-        load_weights(model, checkpoint, filter_fn=checkpoint_filter_fn)
+        model = load_hub(name_or_structure, **kwargs)[0]
+    else:
+        structure = resolve_structure(name_or_structure, layers)
+        variant = structure.name if structure.name in published_names() else "scalenet_structure"
+        model = _create_scalenet(variant, structure=structure, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if checkpoint is not None:
+            load_weights(model, checkpoint, filter_fn=checkpoint_filter_fn)
     if features_only:
         # wrap after loading, so that a full checkpoint (classifier included) loads strictly
         from timm.models import FeatureListNet
 
         cfg = model.pretrained_cfg
-        indices = tuple(range(len(structure.layers) + 1)) if out_indices is None else out_indices
+        indices = tuple(range(len(model.structure.layers) + 1)) if out_indices is None else out_indices
         model = FeatureListNet(model, out_indices=indices)
         model.pretrained_cfg = model.default_cfg = cfg
     return model

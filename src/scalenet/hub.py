@@ -81,7 +81,8 @@ def load_hub(spec: str, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a Hub-layout folder with its weights, and what a training checkpoint would
     say about it (``num_classes``, ``in_chans``, ``image_size``, ``classes``, ``mean``, ``std``,
     ``crop_pct``, ``interpolation``). ``kwargs`` go to :func:`scalenet.create_model`
-    (``features_only``, ``drop_rate``)."""
+    (``drop_rate``, ``global_pool``); ``scalenet.create_model("local-dir:DIR", features_only=True)``
+    wraps the loaded model as it wraps any other."""
     from .checkpoint import load_weights
     from .factory import create_model
     from .models.scalenet import checkpoint_filter_fn
@@ -92,17 +93,9 @@ def load_hub(spec: str, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     num_classes, in_chans = int(config.get("num_classes", args.get("num_classes", 1000))), int(args.get("in_chans", 3))
     if not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{spec}: no {WEIGHTS} in {folder}")
-    build = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices")}
-    model = create_model(structure, num_classes=num_classes, in_chans=in_chans, **build)
+    model = create_model(structure, num_classes=num_classes, in_chans=in_chans, **kwargs)
     load_weights(model, folder / WEIGHTS, filter_fn=checkpoint_filter_fn)
     model.pretrained_cfg = {**model.pretrained_cfg, **cfg, "source": "local-dir", "file": str(folder)}
-    if kwargs.get("features_only"):
-        from timm.models import FeatureListNet
-
-        indices = kwargs.get("out_indices") or tuple(range(len(structure.layers) + 1))
-        pretrained_cfg = model.pretrained_cfg
-        model = FeatureListNet(model, out_indices=indices)
-        model.pretrained_cfg = model.default_cfg = pretrained_cfg
     labels = config.get("label_names")
     info = {
         "num_classes": num_classes, "in_chans": in_chans,

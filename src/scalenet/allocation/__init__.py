@@ -39,7 +39,7 @@ from .combine import COMBINES, combine_mean, combine_union
 from .importance import NORMALIZERS, BlockScores, BNScale, BNScaleL1, Importance, Neuron, normalize, unweigh
 from .pipeline import (
     DEFAULT_COMBINE, DEFAULT_REPEATS, SEED_IMAGES, AllocationResult, SeedRun, SeedSettings, Selection, allocate,
-    default_layout, load_runs, seed_epochs, seed_structure, select_runs,
+    default_layout, load_runs, seed_epochs, seed_for, seed_structure, select_runs,
 )
 from .rounding import multiple_pool, round_channels
 from .seeds import load_seed_runs, runs_dir_for, score_run, seed_run_dirs
@@ -52,7 +52,7 @@ __all__ = [
     "weigh_by_cost", "check_alpha", "select_per_block", "select_global", "SELECTORS", "select",
     "round_channels", "multiple_pool", "combine_union", "combine_mean", "COMBINES",
     "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SEED_IMAGES", "seed_epochs", "SeedSettings", "Selection", "SeedRun",
-    "AllocationResult", "seed_structure", "allocate", "default_layout", "load_runs", "select_runs",
+    "AllocationResult", "seed_structure", "seed_for", "allocate", "default_layout", "load_runs", "select_runs",
     "latency_model_for", "stage_summary", "format_stage_summary",
     "score_run", "load_seed_runs", "seed_run_dirs", "runs_dir_for",
 ]

@@ -25,7 +25,7 @@ from .select import SELECTORS, check_alpha, select, weigh_by_cost
 
 __all__ = [
     "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SEED_IMAGES", "SeedSettings", "Selection", "SeedRun", "AllocationResult",
-    "seed_structure", "seed_epochs", "default_layout", "allocate", "select_runs", "load_runs",
+    "seed_structure", "seed_for", "seed_epochs", "default_layout", "allocate", "select_runs", "load_runs",
 ]
 
 #: Defaults chosen by measurement (benchmarks/allocation_agreement.py, demo setting): single
@@ -138,6 +138,16 @@ def seed_epochs(train_images: int) -> int:
     """The default seed schedule: the fewest whole epochs that show a seed network
     :data:`SEED_IMAGES` images."""
     return max(1, -(-SEED_IMAGES // max(1, train_images)))
+
+
+def seed_for(image_size: int, *, layers: Sequence[int] | None = None, width: int | None = None,
+             stem: str | None = None, scales: Sequence[int] = (1, 2, 4, 7),
+             seed_width: int | Sequence[int] | None = None) -> Structure:
+    """The seed network :func:`allocate` trains for data of ``image_size``: the given layout, the
+    rest by image size (:func:`default_layout`)."""
+    layout = default_layout(image_size)
+    return seed_structure(tuple(layers or layout["layers"]), seed_width=seed_width, scales=scales,
+                          stem=stem or layout["stem"], width=width or layout["width"], image_size=image_size)
 
 
 def default_layout(image_size: int) -> dict[str, Any]:
@@ -317,10 +327,8 @@ def allocate(
     from ..training import TrainConfig
 
     _check_repeats(repeats, jobs)
-    layout = default_layout(data.image_size)
-    layers = tuple(layers or layout["layers"])
-    seed = seed_structure(layers, seed_width=seed_width, scales=scales, stem=stem or layout["stem"],
-                          width=width or layout["width"], image_size=data.image_size)
+    seed = seed_for(data.image_size, layers=layers, width=width, stem=stem, scales=scales, seed_width=seed_width)
+    layers = seed.layers
     budget = (budget or WidthBudget(1.0)).resolved(seed, progress=train_config is None or train_config.progress)
     _check_before_training(data, seed, budget, selection, importance)
     importance = importance or BNScale(0.0)

@@ -144,9 +144,10 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`train` (``weights_only=True``)."""
-    ckpt = read_state_dict(path)
+def load_run_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """Reads a checkpoint written by :func:`train` (``weights_only=True``; ``mmap``: tensors mapped,
+    not read)."""
+    ckpt = read_state_dict(path, mmap=mmap)
     if ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt or "structure" not in ckpt:
         raise CheckpointError(f"{path}: not a scalenet training checkpoint (no model/structure entries)")
     return ckpt
