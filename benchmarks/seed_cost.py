@@ -26,7 +26,7 @@ import torchvision
 
 from scalenet import create_model
 from scalenet.allocation import DEFAULT_REPEATS, seed_structure
-from scalenet.bench import _count, peak_step_memory_mb
+from scalenet.bench import _count, _runner, peak_step_memory_mb
 from scalenet.devices import device_name, device_slug
 from scalenet.fileio import atomic_write_text
 from scalenet.timing import interleaved, summarize
@@ -41,19 +41,6 @@ def seed_network(model=None):
                                        image_size=SEED["image_size"]))
 
 
-def _step(model, x, y):
-    model = model.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def run() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return run
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=8)
@@ -66,7 +53,10 @@ def main() -> None:
     y = torch.randint(0, 1000, (args.batch_size,))
     rows = {"resnet50": dict(zip(("macs", "params"), _count(models["resnet50"], 224))),
             "seed network": {"macs": seed.macs(224), "params": seed.params()}}
-    times = summarize(interleaved({k: _step(m, x, y) for k, m in models.items()}, args.repeats, warmup=1,
+    cpu = torch.device("cpu")  # bench's training step (SGD, momentum 0.9), as scalenet bench --train times it
+    steps = {k: _runner(m, cpu, x, y, train=True, amp_dtype=None, compile=False, cuda_graphs=False, freezing=False,
+                        channels_last=True) for k, m in models.items()}
+    times = summarize(interleaved(steps, args.repeats, warmup=1,
                                   progress="training steps"), "resnet50")
     variant = f"{Path(__file__).resolve()}:seed_network"
     rows["resnet50"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224)
