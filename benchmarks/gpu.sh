@@ -26,3 +26,19 @@ for mode in "" "--compile"; do
     --out "$out/latency-model-cuda-b16${mode:+-compile}.json" --check scalenet50_light,scalenet101,scalenet152 \
     | tee "$out/latency-model-cuda-b16${mode:+-compile}.txt"
 done
+# issue 22: one seed network per GPU (allocate --jobs = the number of GPUs, two networks per GPU in turn);
+# each run's checkpoint records the GPU its worker was given
+ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
+tmp="$(mktemp -d)"
+PYTHONPATH="$PWD/tests:$PYTHONPATH" python -c "from pathlib import Path; from helpers import make_image_folder; make_image_folder(Path('$tmp/data'), classes=3, per_class=32, size=32)"
+python -m scalenet allocate --data "$tmp/data" --out "$tmp/a.json" --layers 1,1 --width 8 --epochs 2 --batch-size 16 \
+  --repeats $((2 * ngpu)) --jobs "$ngpu" --no-progress | tee "$out/gpu-jobs.txt"
+python - "$tmp/a.runs" <<'PY' | tee -a "$out/gpu-jobs.txt"
+import pathlib, sys
+from scalenet.checkpoint import read_state_dict
+for d in sorted(pathlib.Path(sys.argv[1]).glob("seed-*")):
+    print(d.name, read_state_dict(d / "last.pt")["trained_on"])
+PY
+# the seed network of the ImageNet layout against ResNet-50 on the GPU: step time and batch-64 memory
+python benchmarks/seed_cost.py --device cuda --batch-size 64 --repeats 10 --out-dir "$out"
+python benchmarks/seed_cost.py --device cuda --batch-size 64 --repeats 10 --amp --out-dir "$out"

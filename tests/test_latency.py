@@ -86,6 +86,21 @@ def test_measuring_fits_every_stage_and_calibrates_the_rest_on_the_reference(mon
         measure_latency_model(reference, SETTINGS, configs=9, progress=False)
 
 
+def test_a_structure_with_a_subset_of_the_scales_is_predicted_with_the_absent_branches_free():
+    m = _model()
+    # a plain bottleneck (the single scale x1) costs what the same counts on x1 of the full layout cost
+    plain = Structure.from_channels([[c] for c in (8, 8, 5, 5)], layers=(2, 2), scales=(1,), stem="small", width=8,
+                                    image_size=32)
+    assert m.predict(plain) == pytest.approx(m.predict(_structure([(8, 0, 0, 0)] * 2 + [(5, 0, 0, 0)] * 2)))
+    # scales x2 and x7 only: each count goes to its own scale's costs, not to the first ones
+    two = Structure.from_channels([[3, 1]] * 4, layers=(2, 2), scales=(2, 7), stem="small", width=8, image_size=32)
+    assert m.predict(two) == pytest.approx(m.predict(_structure([(0, 3, 0, 1)] * 4)))
+    assert m.predict(two) != pytest.approx(m.predict(_structure([(3, 1, 0, 0)] * 4)))
+    odd = Structure.from_channels([[3, 1]] * 4, layers=(2, 2), scales=(1, 3), stem="small", width=8, image_size=32)
+    with pytest.raises(ValueError, match=r"measured for scales 1,2,4,7 \(or a subset\).* has scales 1,3"):
+        m.predict(odd)
+
+
 def test_a_model_for_other_settings_or_another_layout_is_refused(tmp_path):
     m = _model()
     m.check(SETTINGS)
@@ -93,7 +108,7 @@ def test_a_model_for_other_settings_or_another_layout_is_refused(tmp_path):
         m.check(dataclasses.replace(SETTINGS, device="cuda", threads=None))
     with pytest.raises(ValueError, match=r"other settings \(batch_size 4 vs 16\)"):
         m.check(dataclasses.replace(SETTINGS, batch_size=16, torch="other"))  # the torch version is not compared
-    with pytest.raises(ValueError, match="measured for scales 1,2,4,7, 2 stages, width 8, small stem"):
+    with pytest.raises(ValueError, match=r"measured for scales 1,2,4,7 \(or a subset\), 2 stages, width 8, small stem"):
         m.predict(Structure.published("scalenet50"))
     path = m.save(tmp_path / "m.json")
     loaded = LatencyModel.load(path)

@@ -47,6 +47,8 @@ def test_every_seed_network_is_an_ordinary_run_scored_from_its_checkpoint(straig
         records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in records] == [1, 2]
         assert _sidecar(straight)["runs"][i]["metrics"] == records  # the records are read from the run
+        trained_on = read_state_dict(d / "last.pt")["trained_on"]  # where it trained, for a cluster's logs
+        assert trained_on["world_size"] == 1 and trained_on["device"]
 
 
 def test_a_killed_allocation_resumes_retraining_only_the_interrupted_seed(folder, straight, tmp_path):
@@ -163,10 +165,15 @@ def test_torchrun_trains_each_seed_with_ddp_and_rank_0_writes(folder, tmp_path):
     assert [r["scores"] for r in _sidecar(killed)["runs"]] == [r["scores"] for r in _sidecar(straight)["runs"]]
 
 
-def test_jobs_above_one_with_cuda_is_refused_before_any_training(folder, tmp_path, capsys, monkeypatch):
+def test_jobs_above_the_number_of_gpus_is_refused_before_any_training(folder, tmp_path, capsys, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     refused(capsys, ["allocate", "--data", folder, "--out", tmp_path / "g.json", "--jobs", "2", *ALLOCATE],
-            "--jobs 2: with CUDA the seed networks train one at a time")
+            "--jobs 2: this machine has 1 GPU(s) (CUDA_VISIBLE_DEVICES 0) and each training takes one")
     assert not (tmp_path / "g.runs").exists()
+    refused(capsys, ["study", "--data", folder, "--out", tmp_path / "study", "--jobs", "2", "--layers", "1,1",
+                     "--width", "8"], "--jobs 2: this machine has 1 GPU(s)")
+    assert not (tmp_path / "study").exists()

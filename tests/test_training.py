@@ -11,9 +11,8 @@ from torch import nn
 from scalenet.checkpoint import CheckpointError, read_state_dict
 from scalenet.data import ShardSampler
 from scalenet.training import (
-    PREEMPTED_EXIT_CODE, CheckpointSaver, DistContext, Preempted, RunDir, TrainingError, Updater, check_same_run, fit,
-    in_processes,
-    train_one_epoch,
+    PREEMPTED_EXIT_CODE, CheckpointSaver, DistContext, Preempted, RunDir, TrainingError, Updater, auto_jobs,
+    check_jobs, check_same_run, fit, gpu_slots, in_processes, train_one_epoch,
 )
 
 
@@ -183,6 +182,57 @@ def test_in_processes_keeps_the_order_splits_the_cores_and_reports_each_result()
     assert [r[0] for r in in_processes(_square_and_threads, [4], jobs=1)] == [16]
     with pytest.raises(ValueError, match="--jobs must be 1 or more"):
         in_processes(_square_and_threads, [1], jobs=0)
+
+
+def _gpu_of_worker(seconds):
+    """What a worker was shown (its CUDA_VISIBLE_DEVICES), by which process, and when it ran."""
+    import time
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid(), start, time.monotonic()
+
+
+def _check_one_gpu_per_worker(results, gpus):
+    assert {r[0] for r in results} == set(gpus)  # every GPU was used
+    by_worker = {}
+    for gpu, pid, _, _ in results:
+        assert by_worker.setdefault(pid, gpu) == gpu  # a worker keeps its one GPU
+    for a in results:  # trainings running at the same time never share a GPU
+        for b in results:
+            if a is not b and a[2] < b[3] and b[2] < a[3]:
+                assert a[0] != b[0], (a, b)
+
+
+def test_each_worker_owns_one_gpu_and_trainings_at_the_same_time_never_share_one():
+    # the placement is an environment variable set before CUDA starts: real worker processes
+    # show it on a machine without a GPU
+    results = in_processes(_gpu_of_worker, [0.4, 0.1, 0.3, 0.2, 0.1], jobs=2, devices=["3", "5"])
+    _check_one_gpu_per_worker(results, ["3", "5"])
+    with pytest.raises(ValueError, match="--jobs 3: only 2 GPU"):
+        in_processes(_gpu_of_worker, [0.0] * 3, jobs=3, devices=["3", "5"])
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """CUDA faked with two GPUs, the caller's CUDA_VISIBLE_DEVICES naming 2 and 7."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,7")
+
+
+def test_with_gpus_the_default_is_one_training_per_gpu_of_those_the_caller_shows(two_gpus, monkeypatch):
+    assert gpu_slots() == ["2", "7"]
+    assert auto_jobs(16) == 2 and auto_jobs(1) == 1
+    results = in_processes(_gpu_of_worker, [0.3, 0.1, 0.2, 0.1], jobs=2)  # devices default to gpu_slots()
+    _check_one_gpu_per_worker(results, ["2", "7"])
+    check_jobs(2)
+    with pytest.raises(ValueError, match=r"--jobs 3: this machine has 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES 2,7\)"):
+        check_jobs(3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_slots() == ["0", "1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_slots() == [] and auto_jobs(16) == max(1, min(16, torch.get_num_threads()))
 
 
 # ---------------------------------------------------------------------------- inside an epoch: step checkpoints, SIGTERM

@@ -411,7 +411,8 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"mean: average the runs' own allocations; union: rank all runs' neurons together per block "
                         f"and scale (default {DEFAULT_COMBINE})")
     p.add_argument("--jobs", type=_positive_int, default=None,
-                   help="seed networks trained at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")
+                   help="seed networks trained at once: each with cores/jobs threads, or with CUDA each on a GPU of "
+                        "its own (default: one per CPU core, or one per GPU)")
     p.add_argument("--layers", type=_int_list, default=None, help="blocks per stage (default by image size)")
     p.add_argument("--width", type=_positive_int, default=None, help="planes of stage 1 (default by image size)")
     p.add_argument("--bare", action="store_true", help="write the release's bare-list format")
@@ -551,7 +552,8 @@ _LATENCY_OPTIONS = ("latency_model", "latency_device", "latency_threads", "laten
 
 # ---------------------------------------------------------------------------- study
 _STUDY_OPTIONS = ("seeds", "width_mult", "macs", "layers", "width", "image_size", "train_subset", "val_subset",
-                  "repeats", "seed_epochs", "seed_subset", "latency_model", "latency_ms", "latency_alpha", "jobs")
+                  "repeats", "seed_epochs", "seed_subset", "latency_model", "latency_ms", "latency_alpha",
+                  "latency_tolerance", "jobs")
 #: study options that set every arm's training recipe (a TrainConfig)
 _STUDY_RECIPE_OPTIONS = ("seed", "epochs", "batch_size", "lr", "wd", "warmup")
 
@@ -586,12 +588,17 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs of each seed network (default: as scalenet allocate, one per 8,000 images)")
     p.add_argument("--seed-subset", type=_positive_int, default=None, help=f"images for the seed networks (default {d('seed_subset')})")
     p.add_argument("--latency-model", default=None, metavar="MODEL.json",
-                   help="match the arms in latency predicted by this cost model (scalenet latency-model), not in MACs")
+                   help="match the arms in latency, predicted by this cost model (scalenet latency-model) and measured, "
+                        "not in MACs")
     p.add_argument("--latency-ms", type=_positive_float, default=None, help="every arm's latency (default: the learned arm's)")
     p.add_argument("--latency-alpha", type=_nonneg_float, default=None,
                    help="the latency arm keeps neurons by score / ms^alpha (default 1.0)")
+    p.add_argument("--latency-tolerance", type=_positive_float, default=None, metavar="FRACTION",
+                   help="every arm's measured latency lands within this of the target, its budget calibrated "
+                        "(default 0.05)")
     p.add_argument("--jobs", type=_positive_int, default=None,
-                   help="trainings run at once, each with cores/jobs threads (default: one per CPU core; 1 with CUDA)")
+                   help="trainings run at once: each with cores/jobs threads, or with CUDA each on a GPU of its own "
+                        "(default: one per CPU core, or one per GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -609,9 +616,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     recipe |= {"augment": True} if args.augment else {}
     cfg = _config(StudyConfig, args, _STUDY_OPTIONS, data=args.data, arms=tuple(args.arms or ARMS),
                   train=_config(type(STUDY_RECIPE), args, _STUDY_RECIPE_OPTIONS, **recipe))
+    from .training import is_main_process
+
     report = run_study(cfg, args.out)
-    print(format_study(report))
-    print(f"written: {Path(args.out) / 'study.json'}, study.md, study.png")
+    if is_main_process():  # under torchrun rank 0 writes and reports
+        print(format_study(report))
+        print(f"written: {Path(args.out) / 'study.json'}, study.md, study.png")
     return 0
 
 

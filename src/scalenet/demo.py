@@ -29,7 +29,7 @@ from .fileio import atomic_write_text
 from .report import format_stage_summary, plot_curves, render_demo
 from .structure import Structure
 from .study import StudyConfig, arm_structure
-from .training import TrainConfig, auto_jobs, evaluate, in_processes, model_from_checkpoint, train
+from .training import TrainConfig, auto_jobs, evaluate, gpu_slots, in_processes, model_from_checkpoint, train
 from .timing import interleaved, summarize
 
 __all__ = ["PROFILES", "DemoProfile", "run_demo"]
@@ -45,7 +45,7 @@ class DemoProfile:
     study: StudyConfig
     note: str
     test_subset: int | None = None  # the final test; None: all 10,000 images
-    seed_jobs: int | None = None  # seed networks trained at once (None: one per CPU core, 1 with CUDA)
+    seed_jobs: int | None = None  # seed networks trained at once (None: one per CPU core, or one per GPU)
 
     @property
     def repeats(self) -> int:
@@ -156,11 +156,18 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
     return report
 
 
+def _jobs(profile_jobs: int | None, tasks: int) -> int:
+    """A profile's trainings at once (chosen for CPU cores), at most one per GPU with CUDA."""
+    if profile_jobs is None:
+        return auto_jobs(tasks)
+    return min(profile_jobs, auto_jobs(tasks)) if gpu_slots() else profile_jobs
+
+
 def _allocate(p: DemoProfile, base_cfg: TrainConfig, out: Path, seed: int):
     """Step 1: the learned allocation (saved as ``scalenet.json`` with its chart); returns it and its seconds."""
     st = p.study
     seed_data = build_data("fashion-mnist", train_subset=st.seed_subset, val_subset=st.val_subset, seed=seed)
-    seed_jobs = p.seed_jobs if p.seed_jobs is not None else auto_jobs(p.repeats)
+    seed_jobs = _jobs(p.seed_jobs, p.repeats)
     print(f"[1/4] allocating: {p.repeats} seed network(s) on {len(seed_data.train)} images, {st.seed_epochs} epoch(s) "
           f"each, {seed_jobs} at a time", flush=True)
     t = time.perf_counter()
@@ -183,7 +190,7 @@ def _train_all(p: DemoProfile, structures: dict[str, Structure], data, test, bas
         if name != "scalenet":
             s.save(out / f"{name}.json")
     seeds = p.study.seeds
-    jobs = p.study.jobs if p.study.jobs is not None else auto_jobs(len(structures) * seeds)
+    jobs = _jobs(p.study.jobs, len(structures) * seeds)
     learned = structures["scalenet"]
     print(f"[2/4] training {', '.join(structures)} at {learned.macs(None, 10, 1):,} MACs, {seeds} run(s) each, "
           f"{jobs} at a time", flush=True)

@@ -111,20 +111,31 @@ class LatencyModel:
 
     # ------------------------------------------------------------------ prediction
     def check_structure(self, structure: Structure) -> None:
-        """Refuses a structure of another layout (the per-stage costs would not apply)."""
-        if (tuple(structure.scales), len(structure.layers), structure.width, structure.stem) != (
-                self.scales, len(self.layers), self.width, self.stem):
+        """Refuses a structure of another layout (the per-stage costs would not apply). Its scales
+        may be any subset of the measured ones (:meth:`stage_cost`)."""
+        if not set(structure.scales) <= set(self.scales) or (len(structure.layers), structure.width, structure.stem) != (
+                len(self.layers), self.width, self.stem):
             raise ValueError(
-                f"the latency model was measured for scales {','.join(map(str, self.scales))}, {len(self.layers)} stages, "
-                f"width {self.width}, {self.stem} stem; {structure.name or 'this structure'} has scales "
-                f"{','.join(map(str, structure.scales))}, {len(structure.layers)} stages, width {structure.width}, "
-                f"{structure.stem} stem; measure a model for it (scalenet latency-model)"
+                f"the latency model was measured for scales {','.join(map(str, self.scales))} (or a subset), "
+                f"{len(self.layers)} stages, width {self.width}, {self.stem} stem; {structure.name or 'this structure'} "
+                f"has scales {','.join(map(str, structure.scales))}, {len(structure.layers)} stages, width "
+                f"{structure.width}, {structure.stem} stem; measure a model for it (scalenet latency-model)"
             )
+
+    def stage_cost(self, stage: int, scales: Sequence[int]) -> StageCost:
+        """The costs of a block of ``stage`` with the branches ``scales``, any subset of the measured
+        ones: an absent branch costs nothing. For a block form the fit never saw (one branch, as
+        a plain bottleneck's single 3x3 conv, has no concatenation) this extrapolates; a study
+        matched in latency measures every arm and calibrates (:mod:`scalenet.study`)."""
+        cost = self.stages[stage]
+        at = [self.scales.index(s) for s in scales]
+        return StageCost(cost.base, [cost.fixed[i] for i in at], [cost.per_neuron[i] for i in at])
 
     def per_block(self, structure: Structure) -> list[tuple[str, float]]:
         """``(block name, predicted ms)`` per SA block."""
         self.check_structure(structure)
-        return [(spec.name, self.stages[spec.stage].block_ms(spec.channels)) for spec in structure.blocks()]
+        return [(spec.name, self.stage_cost(spec.stage, structure.scales).block_ms(spec.channels))
+                for spec in structure.blocks()]
 
     def predict(self, structure: Structure) -> float:
         """Predicted milliseconds of a forward pass of the whole network."""

@@ -15,9 +15,14 @@ Arms (each a structure of the same layout, MACs within 1% of the learned allocat
   (``latency_alpha``, see :func:`scalenet.allocation.weigh_by_cost`).
 
 With ``latency_model`` (a :class:`scalenet.latency.LatencyModel` file) the arms are matched in
-predicted latency instead of MACs: the learned (MACs-aware) arm's predicted latency, or
-``latency_ms``, is every other arm's budget, and every arm's latency is also measured (fused,
-eval, the model's settings) before training, so that "equal latency" is checked, not assumed.
+*measured* latency instead of MACs, the plain ResNet included (the cost model predicts any
+subset of its scales): each arm is selected under the learned (MACs-aware) arm's predicted
+latency, or ``latency_ms``, then every arm is timed (fused, eval, the model's settings) and
+an arm more than ``latency_tolerance`` from the target is selected again under a calibrated
+budget until its measurement lands (:func:`_matched_in_latency`); predictions and
+measurements are both reported.
+Under torchrun every run trains with DDP across all ranks, one after another; rank 0 times
+the arms and writes every file.
 
 Every arm is trained from scratch with the same recipe and ``seeds`` training seeds, and
 tested on the whole evaluation split. The report gives mean ± std per arm and, paired by
@@ -38,7 +43,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -49,7 +54,7 @@ from .allocation import (
 from .fileio import atomic_write_text
 from .report import format_study, plot_study, stage_summary
 from .structure import Structure
-from .training import TrainConfig, auto_jobs, in_processes
+from .training import TrainConfig, auto_jobs, check_jobs, in_processes, is_main_process
 
 __all__ = [
     "ARMS", "RULES", "ARM_BUILDERS", "STUDY_RECIPE", "StudyConfig", "run_study", "build_arms", "summarize_study",
@@ -60,6 +65,14 @@ ARMS = ("learned", "uniform", "random", "resnet", "heuristic")
 #: Arms that need a latency model (``--latency-model``); not in the default set.
 LATENCY_ARMS = ("latency",)
 TOLERANCE = 0.01
+#: A study matched in latency: every arm's measured latency lands within this fraction of the
+#: target, after at most CALIBRATION_ROUNDS adjustments of its predicted budget. The ratio of two
+#: networks' medians scatters by 3-5% between rounds on a shared 2-core CPU (five rounds of 15
+#: interleaved repeats, Fashion-MNIST layout at batch 256), so a tighter tolerance chases noise.
+LATENCY_TOLERANCE = 0.05
+#: Interleaved repeats per timing round (each arm's median).
+LATENCY_REPEATS = 15
+CALIBRATION_ROUNDS = 4
 #: The latency arm's default alpha: scores per millisecond.
 LATENCY_ALPHA = 1.0
 
@@ -97,7 +110,8 @@ class StudyConfig:
     latency_model: str | None = None  # a cost model file (scalenet latency-model)
     latency_ms: float | None = None  # every arm's latency budget (default: the learned arm's prediction)
     latency_alpha: float | None = None  # the latency arm's scores per ms**alpha (None: LATENCY_ALPHA)
-    jobs: int | None = None  # concurrent trainings (each with cores / jobs threads); None: one per CPU core
+    latency_tolerance: float | None = None  # every arm's measured latency within this of the target (None: LATENCY_TOLERANCE)
+    jobs: int | None = None  # concurrent trainings (cores / jobs threads, or a GPU, each); None: one per core or GPU
 
     @property
     def seed(self) -> int:
@@ -111,8 +125,16 @@ class StudyConfig:
         """What decides the results (not how many processes run them, nor progress bars), flat:
         the study's entries and the recipe's :data:`RECIPE_SETTINGS`."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("train", "jobs")}
+        if self.latency_model is None:  # matched in MACs: the studies recorded before latency calibration resume
+            del own["latency_tolerance"]
+        else:
+            own["latency_tolerance"] = self.tolerance()
         flat = {**own, **{k: getattr(self.train, k) for k in RECIPE_SETTINGS}}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in flat.items()}
+
+    def tolerance(self) -> float:
+        """How close every arm's measured latency must land to the target (a fraction)."""
+        return LATENCY_TOLERANCE if self.latency_tolerance is None else self.latency_tolerance
 
     @classmethod
     def from_settings(cls, flat: dict[str, Any], **extra: Any) -> "StudyConfig":
@@ -131,6 +153,11 @@ class StudyConfig:
         if self.latency_model is None and (self.latency_ms is not None or any(a in LATENCY_ARMS for a in self.arms)):
             raise ValueError("the latency arm and --latency-ms need --latency-model (a cost model from scalenet "
                              "latency-model)")
+        if self.latency_tolerance is not None and self.latency_model is None:
+            raise ValueError("--latency-tolerance applies to a study matched in latency; give --latency-model too")
+        if self.latency_tolerance is not None and not 0 < self.latency_tolerance < 0.5:
+            raise ValueError(f"--latency-tolerance is a fraction of the target latency, above 0 and below 0.5 "
+                             f"(0.05 is 5%), got {self.latency_tolerance}")
         if self.latency_ms is None and self.latency_model is not None and "learned" not in self.arms:
             raise ValueError("matching in latency needs the learned arm or --latency-ms")
         if "latency" in self.arms and "learned" not in self.arms:
@@ -141,8 +168,7 @@ class StudyConfig:
             raise ValueError(f"--seeds must be at least 2 for an interval (mean ± std and a paired t-interval), got {self.seeds}")
         if self.width_mult is not None and self.macs is not None:
             raise ValueError("give --width-mult or --macs, not both")
-        if self.jobs is not None and self.jobs < 1:
-            raise ValueError(f"--jobs must be 1 or more, got {self.jobs}")
+        check_jobs(self.jobs)
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -272,6 +298,29 @@ def _prepare(cfg: StudyConfig, out: Path) -> None:
     (out / "results").mkdir(exist_ok=True)
 
 
+def _on_rank_0(work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0 only under torchrun (what writes files or times networks), its
+    JSON-able result (or its one-line error) sent to every rank; ``work()`` without torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return work()
+    import torch.distributed as dist
+
+    from .training import setup_distributed
+
+    d = setup_distributed()  # the group the seed networks' training started, or a new one
+    box: list[Any] = [None]
+    if d.main:
+        try:
+            box[0] = ("ok", work())
+        except ValueError as e:
+            box[0] = ("error", str(e))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise ValueError(value)
+    return value
+
+
 def _layout(cfg: StudyConfig, image_size: int) -> dict[str, Any]:
     layout = default_layout(image_size)
     return dict(layers=tuple(cfg.layers or layout["layers"]), width=cfg.width or layout["width"], stem=layout["stem"])
@@ -291,8 +340,12 @@ def _learned(cfg: StudyConfig, out: Path) -> Structure:
     result = allocate(data, budget, layers=layout["layers"], width=layout["width"], jobs=cfg.jobs, train_config=recipe,
                       runs=out / "structures" / "learned.runs", resume=True, name="learned",
                       **({} if cfg.repeats is None else {"repeats": cfg.repeats}))
-    result.save(path, title=f"learned allocation for the study ({data.name})")
-    return result.structure
+
+    def save() -> dict[str, Any]:
+        result.save(path, title=f"learned allocation for the study ({data.name})")
+        return result.structure.to_json()
+
+    return Structure.from_json(_on_rank_0(save), source=str(path))
 
 
 @dataclass
@@ -351,7 +404,8 @@ def _latency_budget(cfg: StudyConfig, pool: Structure, learned: Structure | None
 
 def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
     """Every arm's structure (the random arm: one per training seed), matched in MACs (or in
-    latency), cached in ``out/structures``. Raises one clear error when an arm cannot match."""
+    measured latency, :func:`_matched_in_latency`), cached in ``out/structures``. Raises one
+    clear error when an arm cannot match."""
     layout = _layout(cfg, image_size)
     pool = seed_structure(layout["layers"], stem=layout["stem"], width=layout["width"], image_size=image_size)
     learned = _learned(cfg, out) if "learned" in cfg.arms else None
@@ -359,34 +413,93 @@ def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, ima
     by_latency = cfg.latency_model is not None
     budget = _latency_budget(cfg, pool, learned, image_size) if by_latency else MacsBudget(macs, TOLERANCE)
     context = _Arms(cfg, out, pool, budget, learned, num_classes, in_chans)
-    seeds = range(cfg.seed, cfg.seed + cfg.seeds)
-    arms: dict[str, Any] = {}
-    for arm in cfg.arms:
-        build = ARM_BUILDERS[arm]
-        arms[arm] = {s: build(context, s) for s in seeds} if arm in PER_SEED else build(context, 0)
+    if by_latency:
+        arms, latency = _matched_in_latency(context)
+    else:
+        arms, latency = {arm: _build_arm(context, arm) for arm in cfg.arms}, None
     for arm, s in arms.items():
         for seed, structure in (s.items() if isinstance(s, dict) else [(None, s)]):
             name = arm if seed is None else f"{arm}-seed{seed}"
-            if arm != "learned":
+            if arm != "learned" and is_main_process():
                 structure.save(out / "structures" / f"{name}.json")
-    latency = _arm_latency(budget.model, budget.ms, arms, out, cfg.progress) if by_latency else None
     target_macs = macs if not by_latency else learned.macs(None, num_classes, in_chans) if learned else None
     return {"target_macs": target_macs, "latency": latency, "arms": arms}
 
 
-def _arm_latency(model, target_ms: float, arms: dict[str, Any], out: Path, progress: bool) -> dict[str, Any]:
-    """Each arm's predicted and measured latency (the random arm: its first seed's structure),
-    measured once and kept in ``out/latency.json``."""
+def _build_arm(a: _Arms, arm: str, ms: float | None = None) -> Any:
+    """One arm's structure (the random arm: ``{seed: structure}``), under the study's budget or,
+    with ``ms``, under a latency budget of ``ms`` predicted milliseconds."""
+    if ms is not None:
+        a = dataclasses.replace(a, budget=dataclasses.replace(a.budget, ms=ms))
+    build = ARM_BUILDERS[arm]
+    seeds = range(a.cfg.seed, a.cfg.seed + a.cfg.seeds)
+    return {s: build(a, s) for s in seeds} if arm in PER_SEED else build(a, 0)
+
+
+def _first(structures: dict[str, Any]) -> dict[str, Structure]:
+    """The structure timed for each arm (the random arm: its first seed's)."""
+    return {arm: next(iter(s.values())) if isinstance(s, dict) else s for arm, s in structures.items()}
+
+
+def _matched_in_latency(a: _Arms) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every arm matched in *measured* latency, within ``latency_tolerance``.
+
+    Each arm is first selected under the predicted budget, then all arms are timed together
+    (fused, eval, interleaved rounds, the cost model's settings). The target is ``latency_ms``
+    or the learned arm's measurement in the same rounds (so that the machine's drift between
+    rounds does not count). An arm outside the tolerance is selected again under a predicted
+    budget scaled by target / measured, and all are timed again, up to
+    :data:`CALIBRATION_ROUNDS` times: the cost model's error differs by arm (a plain
+    bottleneck's block form was never measured), the measurement is what is matched. The
+    learned arm is the reference and is not adjusted. Every round is kept in
+    ``out/latency.json``; a resumed study rebuilds the arms from the budgets recorded there
+    instead of timing again."""
+    path = a.out / "latency.json"
+    if not path.is_file():
+        _on_rank_0(lambda: _calibrate(a, path))  # timed once, by one process; the other ranks wait
+    record = json.loads(path.read_text())
+    return {arm: _build_arm(a, arm, record["budget_ms"][arm]) for arm in a.cfg.arms}, record
+
+
+def _calibrate(a: _Arms, path: Path) -> dict[str, Any]:
+    """The calibration rounds of :func:`_matched_in_latency`; writes and returns their record."""
     from .latency import time_networks
 
-    path = out / "latency.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    st = model.settings
-    structures = {arm: next(iter(s.values())) if isinstance(s, dict) else s for arm, s in arms.items()}
-    measured = time_networks(structures, st, repeats=7, progress=progress)
-    record = {"target_ms": target_ms, "settings": dataclasses.asdict(st),
-              "predicted_ms": {arm: model.predict(s) for arm, s in structures.items()}, "measured_ms": measured}
+    cfg, model = a.cfg, a.budget.model
+    tolerance = cfg.tolerance()
+    budgets = {arm: None if arm == "learned" else a.budget.ms for arm in cfg.arms}  # learned: MACs-aware, as allocated
+    arms = {arm: _build_arm(a, arm) for arm in cfg.arms}
+    adjusted = [arm for arm in cfg.arms if arm != "learned"]
+    rounds: list[dict[str, Any]] = []
+    while True:
+        timed = _first(arms)
+        measured = time_networks(timed, model.settings, repeats=LATENCY_REPEATS, progress=cfg.progress)
+        target = cfg.latency_ms or measured["learned"]
+        rounds.append({"target_ms": target, "budget_ms": dict(budgets),
+                       "predicted_ms": {arm: model.predict(s) for arm, s in timed.items()}, "measured_ms": measured})
+        off = [arm for arm in adjusted if abs(measured[arm] / target - 1) > tolerance]
+        if not off:
+            break
+        if len(rounds) > CALIBRATION_ROUNDS:
+            worst = max(off, key=lambda arm: abs(measured[arm] / target - 1))
+            raise ValueError(
+                f"the {worst} arm measures {measured[worst]:.2f} ms after {CALIBRATION_ROUNDS} calibration rounds, "
+                f"{100 * (measured[worst] / target - 1):+.1f}% from the target {target:.2f} ms; the measurements may be "
+                f"too noisy here: raise --latency-tolerance (now {tolerance}) or measure the cost model at a larger batch "
+                "(scalenet latency-model --batch-size)")
+        for arm in off:
+            was = budgets[arm]
+            budgets[arm] *= target / measured[arm]
+            try:
+                arms[arm] = _build_arm(a, arm, budgets[arm])
+            except ValueError as e:
+                raise ValueError(f"calibrating the {arm} arm to the measured target {target:.2f} ms (it measured "
+                                 f"{measured[arm]:.2f} ms under a predicted {was:.2f} ms): {e}") from None
+    last = rounds[-1]
+    record = {"target_ms": last["target_ms"], "tolerance": tolerance, "repeats": LATENCY_REPEATS,
+              "settings": dataclasses.asdict(model.settings),
+              "budget_ms": budgets, "predicted_ms": last["predicted_ms"], "measured_ms": last["measured_ms"],
+              "rounds": rounds}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -422,7 +535,8 @@ def train_run(payload: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": sum(r["train_seconds"] for r in result.metrics),
         "val_top1_by_epoch": [r["val_top1"] for r in result.metrics],
     }
-    atomic_write_text(out / "results" / f"{_run_name(arm, seed)}.json", json.dumps(record, indent=2) + "\n")
+    if is_main_process():
+        atomic_write_text(out / "results" / f"{_run_name(arm, seed)}.json", json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -436,7 +550,9 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
     _prepare(cfg, out)
     spec = build_data(cfg.data, cfg.image_size, val_subset=1, seed=cfg.seed)  # classes, channels, size
     built = build_arms(cfg, out, spec.num_classes, spec.in_chans, spec.image_size)
-    atomic_write_text(out / "settings.json", json.dumps(cfg.settings(), indent=2) + "\n")
+    main = is_main_process()  # under torchrun rank 0 writes; every run trains with DDP across the ranks
+    if main:
+        atomic_write_text(out / "settings.json", json.dumps(cfg.settings(), indent=2) + "\n")
     runs = [(arm, seed) for seed in range(cfg.seed, cfg.seed + cfg.seeds) for arm in cfg.arms]
     done = {r: json.loads((out / "results" / f"{_run_name(*r)}.json").read_text())
             for r in runs if (out / "results" / f"{_run_name(*r)}.json").is_file()}
@@ -447,8 +563,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
         return {"config": cfg.settings(), "out": str(out), "arm": arm, "seed": seed, "structure": structure.to_json(),
                 "bars": cfg.progress and jobs == 1}
 
-    jobs = auto_jobs(len(todo)) if cfg.jobs is None else cfg.jobs
-    bar = _bar(len(runs), len(done), cfg.progress)
+    jobs = _jobs(cfg, len(todo))
+    bar = _bar(len(runs), len(done), cfg.progress and main)
 
     def finished(i: int, record: dict[str, Any]) -> None:
         done[todo[i]] = record
@@ -457,10 +573,22 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
     in_processes(train_run, [payload(*r) for r in todo], jobs, on_result=finished)
     bar.close()
     report = summarize_study(cfg, built["target_macs"], [done[r] for r in runs], built["latency"])
-    atomic_write_text(out / "study.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "study.md", format_study(report))
-    plot_study(report, out / "study.png")
+    if main:
+        atomic_write_text(out / "study.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out / "study.md", format_study(report))
+        plot_study(report, out / "study.png")
     return report
+
+
+def _jobs(cfg: StudyConfig, runs: int) -> int:
+    """Runs trained at once: one under torchrun (each with DDP across all ranks), else
+    ``cfg.jobs`` or one per CPU core (one per GPU with CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if (cfg.jobs or 1) > 1:
+            raise ValueError("under torchrun every study run trains with DDP across all ranks, one after another; "
+                             "drop --jobs")
+        return 1
+    return auto_jobs(runs) if cfg.jobs is None else cfg.jobs
 
 
 def _bar(total: int, initial: int, enabled: bool):
@@ -483,7 +611,8 @@ def summarize_study(cfg: StudyConfig, target: int, results: list[dict[str, Any]]
                      "params": statistics.mean(r["params"] for r in rs),
                      "train_seconds": statistics.mean(r["train_seconds"] for r in rs)}
         if latency is not None:
-            arms[arm].update(predicted_ms=latency["predicted_ms"][arm], measured_ms=latency["measured_ms"][arm])
+            arms[arm].update(budget_ms=latency["budget_ms"][arm], predicted_ms=latency["predicted_ms"][arm],
+                             measured_ms=latency["measured_ms"][arm])
     base = "learned" if "learned" in arms else cfg.arms[0]
     comparisons = {
         f"{base} - {arm}": paired_interval(arms[base]["top1_by_seed"], arms[arm]["top1_by_seed"])

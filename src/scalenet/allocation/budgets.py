@@ -91,7 +91,7 @@ class LatencyCost(_Cost):
         model.check_structure(seed)
         self.model, self.seed = model, seed
         specs = list(seed.blocks())
-        self.stages = [model.stages[spec.stage] for spec in specs]
+        self.stages = [model.stage_cost(spec.stage, seed.scales) for spec in specs]
         self.base = model.other + sum(cost.base for cost in self.stages)
         self.highest = self.of_channels([spec.channels for spec in specs])
         self.lowest = self.base + sum(

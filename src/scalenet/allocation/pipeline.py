@@ -278,15 +278,11 @@ def _check_before_training(data, seed: Structure, budget: Budget, selection: Sel
 
 
 def _check_repeats(repeats: int, jobs: int | None) -> None:
-    import torch
+    from ..training import check_jobs
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"--repeats must be a whole number of seed networks, 1 or more; got {repeats}")
-    if jobs is not None and jobs < 1:
-        raise ValueError(f"--jobs must be 1 or more, got {jobs}")
-    if jobs is not None and jobs > 1 and torch.cuda.is_available():
-        raise ValueError(f"--jobs {jobs}: with CUDA the seed networks train one at a time, each on all GPUs with "
-                         "torchrun (torchrun --nproc_per_node=N -m scalenet allocate ...); drop --jobs")
+    check_jobs(jobs)
 
 
 def allocate(
@@ -310,7 +306,8 @@ def allocate(
 ) -> AllocationResult | None:
     """Trains ``repeats`` seed networks on ``data`` (a :class:`~scalenet.data.DataSpec`), seeds
     ``s`` to ``s + repeats - 1`` (``s``: the training config's seed), ``jobs`` of them at a time
-    (:func:`scalenet.training.in_processes`; None: one per CPU core, or one with CUDA), and keeps
+    (:func:`scalenet.training.in_processes`; None: one per CPU core, or one per GPU with CUDA, each on
+    a GPU of its own), and keeps
     neurons from their scores under ``budget`` (default ``WidthBudget(1.0)``) as ``selection``
     says (:func:`select_runs`).
 
@@ -375,7 +372,7 @@ def _train_and_score(seed: Structure, data, cfg, training: SeedSettings, importa
 
 def _jobs(jobs: int | None, repeats: int, runs) -> int:
     """Seed networks trained at once: one under torchrun (each with DDP across the ranks, which
-    need a shared runs folder), else ``jobs`` or one per CPU core."""
+    need a shared runs folder), else ``jobs`` or one per CPU core (one per GPU with CUDA)."""
     from ..training import auto_jobs
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -18,7 +18,7 @@ from .classification import (
 )
 from .distributed import DistContext, autocast, is_main_process, setup_distributed
 from .loop import EpochTally, FitResult, Task, TrainingError, Updater, batches, fit, format_rate, progress_bar, train_one_epoch
-from .pool import auto_jobs, in_processes
+from .pool import auto_jobs, check_jobs, gpu_slots, in_processes
 
 __all__ = [
     "DistContext", "setup_distributed", "is_main_process", "autocast",
@@ -28,5 +28,5 @@ __all__ = [
     "progress_bar", "format_rate",
     "TrainConfig", "TrainResult", "PRESETS", "CHECKPOINT_FORMAT", "train", "evaluate", "evaluate_checkpoint",
     "load_run_checkpoint", "model_from_checkpoint", "cosine_with_warmup", "start_from",
-    "auto_jobs", "in_processes",
+    "auto_jobs", "check_jobs", "gpu_slots", "in_processes",
 ]

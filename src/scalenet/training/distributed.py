@@ -33,6 +33,16 @@ class DistContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def describe(self) -> dict[str, Any]:
+        """Where the run trains, for its checkpoints: the device, the GPUs this process was
+        shown (``CUDA_VISIBLE_DEVICES``; one entry per worker of :func:`~.pool.in_processes`)
+        and the number of ranks."""
+        from ..devices import device_name
+
+        name = device_name(self.device) + (f" ({self.device})" if self.device.type == "cuda" else "")
+        return {"device": name, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "world_size": self.world_size}
+
     def all_reduce(self, values: list[float]) -> list[float]:
         """Sums of ``values`` over all ranks (the values themselves with one process)."""
         if not self.enabled:

@@ -267,7 +267,7 @@ def fit(
     def checkpoint(epochs_done: int, record: Mapping[str, Any], **position: Any) -> dict[str, Any]:
         """The run's state now: at an epoch's end, or inside the next one with ``position``."""
         return {"format": task.checkpoint_format, "epoch": epochs_done, **position, **updater.state(model),
-                **task.checkpoint(record), task.best_key: at.best}
+                **task.checkpoint(record), task.best_key: at.best, "trained_on": d.describe()}
 
     with saver.start(at.epoch, at.metrics):
         for epoch in range(at.epoch, epochs):
