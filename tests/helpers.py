@@ -105,3 +105,48 @@ def refused(capsys, argv, message: str) -> None:
         got = e.code
     err = capsys.readouterr().err.strip().splitlines()
     assert got == 2 and len(err) == 1 and err[0].startswith("scalenet: error: ") and message in err[0], err
+
+
+#: two processes on this machine (gloo on CPU)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def torchrun_workers(agent: int) -> dict[int, int]:
+    """{local rank: pid} of the agent's worker processes."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if ppid != agent:
+                continue
+            env = dict(kv.split("=", 1) for kv in (entry / "environ").read_text().split("\0") if "=" in kv)
+        except (OSError, ValueError):
+            continue
+        if "LOCAL_RANK" in env:
+            found[int(env["LOCAL_RANK"])] = int(entry.name)
+    return found
+
+
+def torchrun(args, *, restarts: int = 0, kill_when=None, timeout: int = 600) -> str:
+    """Runs ``torchrun --nproc_per_node=2 --max-restarts=R -m scalenet ARGS`` and returns its log
+    (it must exit 0). ``kill_when``: SIGKILL local rank 1 as soon as ``kill_when()`` is true."""
+    import os
+    import signal
+    import time
+
+    agent = subprocess.Popen([*TORCHRUN, f"--max-restarts={restarts}", "-m", "scalenet", *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if kill_when is not None:
+        deadline = time.time() + 240
+        while not kill_when() and time.time() < deadline and agent.poll() is None:
+            time.sleep(0.005)
+        workers = torchrun_workers(agent.pid)
+        assert agent.poll() is None and 1 in workers, "the run ended before a worker could be stopped"
+        os.kill(workers[1], signal.SIGKILL)
+    log, _ = agent.communicate(timeout=timeout)
+    assert agent.returncode == 0, log[-3000:]
+    return log
+

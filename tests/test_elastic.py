@@ -16,13 +16,10 @@ import torch
 
 from scalenet.checkpoint import read_state_dict
 
-from helpers import make_image_folder, tiny_structure
+from helpers import TORCHRUN, make_image_folder, tiny_structure, torchrun_workers as _workers
 
 #: .ci/run runs these a second time under another CPU kernel set
 pytestmark = pytest.mark.numerics
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory):
@@ -37,25 +34,6 @@ def _command(setting, out: Path, restarts: int) -> list[str]:
     return [*TORCHRUN, f"--max-restarts={restarts}", "-m", "scalenet", "train", "--model", str(structure),
             "--data", str(folder), "--out", str(out), "--epochs", "3", "--batch-size", "2", "--seed", "1",
             "--no-progress", "--resume", "auto", "--save-every", "1e-6"]  # a step checkpoint after every step
-
-
-def _workers(agent: int) -> dict[int, int]:
-    """{local rank: pid} of the agent's worker processes."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if ppid != agent:
-                continue
-            env = dict(kv.split("=", 1) for kv in (entry / "environ").read_text().split("\0") if "=" in kv)
-        except (OSError, ValueError):
-            continue
-        if "LOCAL_RANK" in env:
-            found[int(env["LOCAL_RANK"])] = int(entry.name)
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from scalenet import Structure
 from scalenet.checkpoint import read_state_dict
 from scalenet.cli import main
 
-from helpers import make_image_folder, refused
+from helpers import make_image_folder, refused, torchrun
 
 ALLOCATE = ["--layers", "1,1", "--width", "8", "--epochs", "2", "--batch-size", "8", "--seed", "3", "--no-progress"]
 
@@ -132,28 +132,13 @@ def test_resuming_with_other_settings_or_a_truncated_checkpoint(folder, tmp_path
     assert "cut off or damaged" in capsys.readouterr().out
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
 @pytest.mark.numerics
 def test_torchrun_trains_each_seed_with_ddp_and_rank_0_writes(folder, tmp_path):
     def run(out: Path, restarts: int = 0, kill: bool = False) -> str:
-        cmd = [*TORCHRUN, f"--max-restarts={restarts}", "-m", "scalenet", "allocate", "--data", str(folder), "--out",
-               str(out), "--repeats", "2", *ALLOCATE, "--resume", "auto", "--save-every", "1e-6"]
-        agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if kill:  # SIGKILL a worker during the second seed network
-            from test_elastic import _workers
-
-            step = out.with_name(out.stem + ".runs") / "seed-0001"
-            deadline = time.time() + 240
-            while not list(step.glob("step-*.pt")) and time.time() < deadline and agent.poll() is None:
-                time.sleep(0.005)
-            workers = _workers(agent.pid)
-            assert agent.poll() is None and 1 in workers, "the run ended before a worker could be stopped"
-            os.kill(workers[1], signal.SIGKILL)
-        log, _ = agent.communicate(timeout=600)
-        assert agent.returncode == 0, log[-3000:]
-        return log
+        step = out.with_name(out.stem + ".runs") / "seed-0001"  # SIGKILL a worker during the second seed network
+        return torchrun(["allocate", "--data", folder, "--out", out, "--repeats", "2", *ALLOCATE, "--resume", "auto",
+                         "--save-every", "1e-6"], restarts=restarts,
+                        kill_when=(lambda: bool(list(step.glob("step-*.pt")))) if kill else None)
 
     straight = tmp_path / "straight.json"
     log = run(straight)

@@ -11,11 +11,12 @@ import pytest
 
 import scalenet.study as study
 from scalenet import Structure
+from scalenet.checkpoint import read_state_dict
 from scalenet.allocation import seed_structure, stage_summary
 from scalenet.cli import main
 from scalenet.study import ARMS, StudyConfig, arm_structure, paired_interval, run_study, t_quantile
 
-from helpers import make_image_folder
+from helpers import make_image_folder, torchrun
 
 
 def test_t_quantiles_and_the_paired_interval_on_fixed_numbers():
@@ -206,36 +207,22 @@ def test_latency_tolerance_outside_a_latency_study_or_out_of_range_is_refused(tm
     assert not (tmp_path / "s").exists()
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
 @pytest.mark.numerics
 def test_torchrun_trains_every_run_with_ddp_survives_a_lost_worker_and_rank_0_writes(tmp_path):
-    from test_elastic import _workers
-
     folder = make_image_folder(tmp_path / "data", classes=3, per_class=16, size=16)
     args = ["study", "--data", str(folder), "--arms", "learned,uniform", "--seeds", "2", "--layers", "1,1", "--width", "8",
             "--epochs", "2", "--batch-size", "8", "--repeats", "2", "--seed-epochs", "1", "--no-progress"]
 
     def run(out, restarts: int = 0, kill: bool = False) -> str:
-        agent = subprocess.Popen([*TORCHRUN, f"--max-restarts={restarts}", "-m", "scalenet", *args, "--out", str(out)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if kill:  # SIGKILL a worker during the second study run, once it has a checkpoint
-            deadline = time.time() + 240
-            while (len(list((out / "results").glob("*.json"))) < 1 or not list((out / "runs").glob("*/last.pt"))[1:]) \
-                    and time.time() < deadline and agent.poll() is None:
-                time.sleep(0.005)
-            workers = _workers(agent.pid)
-            assert agent.poll() is None and 1 in workers, "the study ended before a worker could be stopped"
-            os.kill(workers[1], signal.SIGKILL)
-        log, _ = agent.communicate(timeout=600)
-        assert agent.returncode == 0, log[-3000:]
-        return log
+        def second_run_checkpointed() -> bool:  # SIGKILL a worker during the second study run
+            return bool(list((out / "results").glob("*.json"))) and len(list((out / "runs").glob("*/last.pt"))) >= 2
+
+        return torchrun([*args, "--out", out], restarts=restarts, kill_when=second_run_checkpointed if kill else None)
 
     log = run(tmp_path / "straight")
     assert log.count("| learned |") == 1  # rank 0 reports, the other rank prints nothing
     straight = json.loads((tmp_path / "straight" / "study.json").read_text())
-    ckpt = torch_load(tmp_path / "straight" / "runs" / "uniform-seed0" / "last.pt")
+    ckpt = read_state_dict(tmp_path / "straight" / "runs" / "uniform-seed0" / "last.pt")
     assert ckpt["trained_on"]["world_size"] == 2  # every run trained with DDP across both ranks
     log = run(tmp_path / "killed", restarts=1, kill=True)
     assert "resuming" in log
@@ -244,9 +231,3 @@ def test_torchrun_trains_every_run_with_ddp_survives_a_lost_worker_and_rank_0_wr
         a: r["top1_by_seed"] for a, r in straight["arms"].items()}
     learned = [Structure.load(tmp_path / d / "structures" / "learned.json").rows for d in ("straight", "killed")]
     assert learned[0] == learned[1]
-
-
-def torch_load(path):
-    from scalenet.checkpoint import read_state_dict
-
-    return read_state_dict(path)

@@ -170,6 +170,43 @@ def test_fit_learns_saves_best_and_resumes_exactly(tmp_path):
         fit(task, model, updater, loader, saver(run), epochs=5, d=DistContext(), resume=True, progress=False)
 
 
+def test_an_epoch_checkpoint_is_written_before_its_log_line_and_carries_it(tmp_path, monkeypatch):
+    """A kill in an epoch's save leaves a run that resumes: the log is at most one line behind
+    last.pt, and the line comes back from the checkpoint."""
+    import scalenet.training.checkpointing as checkpointing
+
+    timing = ("seconds", "train_seconds", "images_per_s")
+    model, updater, loader, task = _setup()
+    run = RunDir(tmp_path / "a", "toy")
+    run.prepare(resume=False)
+    straight = fit(task, model, updater, loader, saver(run), epochs=2, d=DistContext(), progress=False).metrics
+
+    real_write = checkpointing.atomic_write
+    order = []
+
+    def killed_after_the_checkpoint(path, write):  # what save() has done when the kill comes
+        real_write(path, write)
+        order.append((path.name, run_b.metrics_file.read_text().count("\n") if run_b.metrics_file.exists() else 0))
+        if path.name == "last.pt":
+            raise Crash
+    model, updater, loader, task = _setup()
+    run_b = RunDir(tmp_path / "b", "toy")
+    run_b.prepare(resume=False)
+    monkeypatch.setattr(checkpointing, "atomic_write", killed_after_the_checkpoint)
+    with pytest.raises(Crash):
+        fit(task, model, updater, loader, saver(run_b), epochs=2, d=DistContext(), progress=False)
+    assert ("last.pt", 0) in order and not run_b.metrics_file.read_text()  # last.pt first, then the line
+    monkeypatch.setattr(checkpointing, "atomic_write", real_write)
+    assert run_b.prepare(resume="auto") is True
+    model, updater, loader, task = _setup(seed=5)
+    resumed = fit(task, model, updater, loader, saver(run_b), epochs=2, d=DistContext(), resume=True,
+                  progress=False).metrics
+    strip = lambda records: [{k: v for k, v in r.items() if k not in timing} for r in records]  # noqa: E731
+    assert strip(resumed) == strip(straight) and [r["epoch"] for r in resumed] == [1, 2]
+    logged = [json.loads(line) for line in run_b.metrics_file.read_text().splitlines()]
+    assert strip(logged) == strip(straight)
+
+
 def _square_and_threads(x):
     return x * x, torch.get_num_threads()
 

@@ -243,28 +243,35 @@ class RunDir:
         """What survives a failure now, for error messages."""
         return f"{self.last} (epoch {epoch}) is kept" if epoch > 0 else "nothing was saved"
 
-    def read_metrics(self, upto: int) -> list[dict[str, Any]]:
-        """The records of epochs ``1..upto`` (those of the checkpoint being resumed)."""
-        if not self.metrics_file.is_file():
-            return []
-        records = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
-        return [r for r in records if r["epoch"] <= upto]
+    def read_metrics(self, upto: int, last: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The records of epochs ``1..upto`` (those of the checkpoint being resumed). ``last``: the
+        record an epoch's checkpoint carries, which stands in for a log line a kill kept from
+        being written (:meth:`save` writes the checkpoint first)."""
+        records = []
+        if self.metrics_file.is_file():
+            records = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        records = [r for r in records if r["epoch"] <= upto]
+        if last and last.get("epoch") == upto and (not records or records[-1]["epoch"] < upto):
+            records.append(dict(last))
+        return records
 
     def reset_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrites the log to exactly ``records`` (drops epochs past the resumed checkpoint)."""
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
 
     def save(self, ckpt: dict[str, Any], record: dict[str, Any], improved: bool) -> None:
-        """Appends ``record`` to the log, then writes ``best.pt`` (when ``improved``) and ``last.pt``.
-        In that order: a kill in between leaves ``last.pt`` one epoch behind, and a resume
-        drops the log lines past it."""
+        """Writes ``best.pt`` (when ``improved``) and ``last.pt``, then appends ``record`` to the log.
+        In that order, a kill at any moment leaves a run that resumes: the log is at most one
+        line behind ``last.pt``, which carries that line (``epoch_record``,
+        :meth:`read_metrics`). The other order left, after a kill in the first epoch's save, a
+        log line and no checkpoint: a folder ``--resume auto`` must refuse."""
+        if improved:
+            atomic_write(self.best, lambda f: torch.save(ckpt, f))
+        atomic_write(self.last, lambda f: torch.save(ckpt, f))
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        if improved:
-            atomic_write(self.best, lambda f: torch.save(ckpt, f))
-        atomic_write(self.last, lambda f: torch.save(ckpt, f))
 
     def save_step(self, ckpt: dict[str, Any]) -> Path:
         """Writes a step checkpoint (atomically) and removes all but the newest :attr:`KEEP_STEPS`."""

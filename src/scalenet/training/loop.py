@@ -267,7 +267,8 @@ def fit(
     def checkpoint(epochs_done: int, record: Mapping[str, Any], **position: Any) -> dict[str, Any]:
         """The run's state now: at an epoch's end, or inside the next one with ``position``."""
         return {"format": task.checkpoint_format, "epoch": epochs_done, **position, **updater.state(model),
-                **task.checkpoint(record), task.best_key: at.best, "trained_on": d.describe()}
+                **task.checkpoint(record), task.best_key: at.best, "trained_on": d.describe(),
+                **({"epoch_record": dict(record)} if record else {})}  # the log line it ends
 
     with saver.start(at.epoch, at.metrics):
         for epoch in range(at.epoch, epochs):
@@ -317,7 +318,7 @@ def _restore(task: Task, model: nn.Module, updater: Updater, run: RunDir, d: Dis
     if d.main:
         print(f"resuming {run.path} from {path.name} ({describe_position(ckpt)})", flush=True)
     return _Position(float(ckpt[task.best_key]), start, int(ckpt.get("step", 0)), ckpt.get("tally"),
-                     run.read_metrics(upto=start))
+                     run.read_metrics(upto=start, last=ckpt.get("epoch_record")))
 
 
 def _report(task: Task, desc: str, record: Mapping[str, Any], note_skipped: bool) -> bool:
