@@ -314,17 +314,20 @@ def test_the_committed_allocations_are_selected_again_identically_from_their_sid
 
     results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
     latency_model = LatencyModel.load(results / "latency-model-fashion-amd-epyc-2-threads-b256.json")
-    cases = [(results / "demo-quick-cpu" / "scalenet.scores.json", results / "demo-quick-cpu" / "scalenet.json")]
+    cases = [(results / "demo-quick-cpu" / "scalenet.scores.json", results / "demo-quick-cpu" / "scalenet.json", None)]
     for study in ("width05", "width1", "latency"):
         d = results / f"study-fashion-mnist-{study}" / "structures"
-        cases.append((d / "learned.scores.json", d / "learned.json"))
+        cases.append((d / "learned.scores.json", d / "learned.json", None))
     d = results / "study-fashion-mnist-latency" / "structures"
-    cases.append((d / "learned.scores.json", d / "latency.json"))  # the latency arm: the same seeds, alpha 1
-    for sidecar, structure in cases:
+    cases.append((d / "learned.scores.json", d / "latency.json", latency_model))  # the latency arm: alpha 1
+    # the study matched in measured latency (its cost model fitted on the AVX-512 machine)
+    d = results / "study-fashion-mnist-latency-resnet" / "structures"
+    cases.append((d / "learned.scores.json", d / "latency.json",
+                  LatencyModel.load(results / "latency-model-fashion-amd-epyc-avx512-2-threads-b256.json")))
+    for sidecar, structure, model in cases:
         committed = Structure.load(structure)
         recorded = committed.meta["allocation"]
         runs, seed, settings = load_runs(sidecar)
-        model = latency_model if recorded.get("latency_ms") else None
         budget = budget_from(recorded.get("width_mult"), recorded.get("macs_target"), recorded.get("latency_ms"), model)
         again = select_runs(runs, seed, budget, settings, Selection.from_json(recorded))
         assert again.structure.rows == committed.rows, structure
