@@ -69,3 +69,14 @@ def test_study_findings_state_the_learned_minus_uniform_interval(tmp_path):
     text = study_findings(tmp_path)
     assert "5.00 M MACs" in text and "is not distinguishable from the uniform split" in text
     assert "-0.10 points, 95% interval [-0.40, +0.20]" in text
+    d = tmp_path / "study-fashion-mnist-y"  # matched in measured latency, with the plain ResNet
+    d.mkdir()
+    (d / "study.json").write_text(json.dumps({
+        "target_macs": None, "settings": {"seeds": 5}, "latency": {"target_ms": 71.25, "rounds": [{}]},
+        "comparisons": {"learned - uniform": {"mean": -0.001, "low": -0.004, "high": 0.002},
+                        "learned - resnet": {"mean": -0.0146, "low": -0.0182, "high": -0.0111}},
+    }))
+    text = study_findings(tmp_path)
+    assert ("at equal measured latency (71.2 ms) (study-fashion-mnist-y, 5 seeds) the learned allocation is not "
+            "distinguishable from the uniform split: -0.10 points") in text
+    assert "and loses to the plain ResNet: -1.46 points, 95% interval [-1.82, -1.11]" in text

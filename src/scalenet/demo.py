@@ -234,19 +234,28 @@ def _train_and_test(p: dict[str, Any]) -> dict[str, Any]:
 
 def study_findings(results: Path | None = None) -> str:
     """One or two sentences on what the committed ``scalenet study`` results found (learned minus
-    uniform, paired by seed, with the 95% interval), or where to find out."""
+    uniform, and minus the plain ResNet where a study has it, paired by seed, with the 95%
+    interval; at the MACs or the latency the study matched), or where to find out."""
     results = results or Path(__file__).resolve().parents[2] / "benchmarks" / "results"
     found = []
     for path in sorted(results.glob("study-fashion-mnist-*/study.json")):
         r = json.loads(path.read_text())
-        c = r["comparisons"].get("learned - uniform")
-        if c is None:
+        parts = []
+        for arm, name in (("uniform", "the uniform split"), ("resnet", "the plain ResNet")):
+            c = r["comparisons"].get(f"learned - {arm}")
+            if c is None:
+                continue
+            verdict = (f"beats {name}" if c["low"] > 0 else f"loses to {name}" if c["high"] < 0
+                       else f"is not distinguishable from {name}")
+            parts.append(f"{verdict}: {100 * c['mean']:+.2f} points, 95% interval "
+                         f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]")
+        if not parts:
             continue
-        verdict = ("beats the uniform split" if c["low"] > 0 else "loses to the uniform split" if c["high"] < 0
-                   else "is not distinguishable from the uniform split")
-        found.append(f"at {r['target_macs'] / 1e6:.2f} M MACs ({path.parent.name}, {r['settings']['seeds']} seeds) the "
-                     f"learned allocation {verdict}: {100 * c['mean']:+.2f} points, 95% interval "
-                     f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]")
+        lat = r.get("latency")
+        matched = (f"at equal {'measured' if 'rounds' in lat else 'predicted'} latency ({lat['target_ms']:.1f} ms)"
+                   if lat else f"at {r['target_macs'] / 1e6:.2f} M MACs")
+        found.append(f"{matched} ({path.parent.name}, {r['settings']['seeds']} seeds) the learned allocation "
+                     + " and ".join(parts))
     if not found:
         return "No study results here; run `scalenet study --data fashion-mnist --out runs/study` (see the README)."
     return "The committed studies (`scalenet study`, benchmarks/results/) found: " + "; ".join(found) + "."
