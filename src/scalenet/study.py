@@ -266,6 +266,15 @@ def arm_structure(arm: str, pool: Structure, target: "int | Budget", num_classes
     try:
         structure = select(scores, budget.bind(pool, num_classes, in_chans))[0]
     except ValueError as e:
+        if isinstance(budget, LatencyBudget):  # the cost model was fitted on SA blocks, not on this arm's
+            costs = budget.bind(pool, num_classes, in_chans).costs
+            inside = costs.lowest <= budget.ms <= costs.highest
+            reason = str(e) if inside else (f"the cost model predicts its pool at {costs.format(costs.lowest)} to "
+                                            f"{costs.format(costs.highest)}")
+            raise ValueError(
+                f"the {arm} arm cannot match {budget.describe()} predicted within 1% ({reason}); a model fitted on SA "
+                "blocks may misjudge this arm's blocks (compare with scalenet latency-model --check): match the study "
+                "in MACs, or change --width") from None
         raise ValueError(f"the {arm} arm cannot match {budget.describe()} within 1% ({e}); choose a larger budget or "
                          "--width") from None
     return dataclasses.replace(structure, name=arm if arm != "random" else f"random-{random_seed}")
