@@ -161,8 +161,9 @@ def format_study(report: dict[str, Any]) -> str:
             f"Latency: fused forward, eval, batch {st['batch_size']}, {st['image_size']} px, "
             f"{'compiled' if st['compile'] else 'eager'}, {st['device_name']}{threads}; measured (median of "
             f"{lat.get('repeats', 7)} interleaved rounds, all arms together) before training. The target is {target}; every other arm is "
-            "selected under a predicted budget (the cost model's milliseconds), calibrated until its measurement lands "
-            f"within the tolerance ({len(lat['rounds'])} round(s) of timing). The latency arm keeps neurons by score "
+            "selected under a predicted budget (the cost model's milliseconds; for an arm whose predicted budget no "
+            "selection meets, its MACs), calibrated until its measurement lands within the tolerance "
+            f"({len(lat['rounds'])} round(s) of timing). The latency arm keeps neurons by score "
             f"per ms^{alpha}.",
             "",
         ]
@@ -173,12 +174,13 @@ def format_study(report: dict[str, Any]) -> str:
         f"{report['test_images']:,} images.",
         "",
         "| arm | test top-1 (mean ± std) | per seed | MACs | params |"
-        + (" budget ms (predicted) | predicted ms | measured ms |" if lat else ""),
+        + (" budget (predicted ms, or MACs) | predicted ms | measured ms |" if lat else ""),
         "|---|---:|---|---:|---:|" + ("---:|---:|---:|" if lat else ""),
     ]
     for arm, a in report["arms"].items():
         per_seed = ", ".join(f"{100 * v:.2f}" for v in a["top1_by_seed"])
-        budget = "—" if a.get("budget_ms") is None else f"{a['budget_ms']:.2f}"
+        budget = a.get("budget") or {}
+        budget = f"{budget['ms']:.2f} ms" if "ms" in budget else f"{budget['macs'] / 1e6:.2f} M MACs" if budget else "—"
         ms = f" {budget} | {a['predicted_ms']:.2f} | {a['measured_ms']:.2f} |" if lat else ""
         lines.append(f"| {arm} | {100 * a['top1']:.2f}% ± {100 * a['top1_std']:.2f} | {per_seed} | "
                      f"{a['macs'] / 1e6:.2f} M | {a['params'] / 1e3:.1f} K |{ms}")

@@ -435,14 +435,34 @@ def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, ima
     return {"target_macs": target_macs, "latency": latency, "arms": arms}
 
 
-def _build_arm(a: _Arms, arm: str, ms: float | None = None) -> Any:
-    """One arm's structure (the random arm: ``{seed: structure}``), under the study's budget or,
-    with ``ms``, under a latency budget of ``ms`` predicted milliseconds."""
-    if ms is not None:
-        a = dataclasses.replace(a, budget=dataclasses.replace(a.budget, ms=ms))
+def _build_arm(a: _Arms, arm: str, budget: dict[str, float] | None = None) -> Any:
+    """One arm's structure (the random arm: ``{seed: structure}``), under the study's budget or
+    under ``budget``: ``{"ms": predicted milliseconds}`` or ``{"macs": MACs}``."""
+    if budget is not None:
+        b = dataclasses.replace(a.budget, ms=budget["ms"]) if "ms" in budget else MacsBudget(int(budget["macs"]),
+                                                                                             TOLERANCE)
+        a = dataclasses.replace(a, budget=b)
     build = ARM_BUILDERS[arm]
     seeds = range(a.cfg.seed, a.cfg.seed + a.cfg.seeds)
     return {s: build(a, s) for s in seeds} if arm in PER_SEED else build(a, 0)
+
+
+def _rebudgeted(a: _Arms, arm: str, budget: dict[str, float] | None, structure: Structure | None,
+                ratio: float) -> tuple[dict[str, float], Any]:
+    """An arm's next budget and structure, its latency to be scaled by ``ratio``: the predicted
+    budget scaled (``budget`` None: the study's own), or, for a rule arm whose predicted budget
+    no selection meets (a cost model fitted on SA blocks can misjudge a plain bottleneck), its
+    MACs scaled instead: what the cost model lacks is then measured."""
+    if budget is None or "ms" in budget:
+        try:
+            ms = {"ms": (budget["ms"] if budget else a.budget.ms) * ratio}
+            return ms, _build_arm(a, arm, ms)
+        except ValueError:
+            if arm not in RULES or (structure is None and a.learned is None):
+                raise
+    reference = structure if structure is not None else a.learned
+    macs = {"macs": round(reference.macs(None, a.num_classes, a.in_chans) * ratio)}
+    return macs, _build_arm(a, arm, macs)
 
 
 def _first(structures: dict[str, Any]) -> dict[str, Structure]:
@@ -467,7 +487,7 @@ def _matched_in_latency(a: _Arms) -> tuple[dict[str, Any], dict[str, Any]]:
     if not path.is_file():
         _on_rank_0(lambda: _calibrate(a, path))  # timed once, by one process; the other ranks wait
     record = json.loads(path.read_text())
-    return {arm: _build_arm(a, arm, record["budget_ms"][arm]) for arm in a.cfg.arms}, record
+    return {arm: _build_arm(a, arm, record["budget"][arm]) for arm in a.cfg.arms}, record
 
 
 def _calibrate(a: _Arms, path: Path) -> dict[str, Any]:
@@ -476,15 +496,20 @@ def _calibrate(a: _Arms, path: Path) -> dict[str, Any]:
 
     cfg, model = a.cfg, a.budget.model
     tolerance = cfg.tolerance()
-    budgets = {arm: None if arm == "learned" else a.budget.ms for arm in cfg.arms}  # learned: MACs-aware, as allocated
-    arms = {arm: _build_arm(a, arm) for arm in cfg.arms}
+    budgets: dict[str, Any] = {"learned": None} if "learned" in cfg.arms else {}  # MACs-aware, as allocated
+    arms = {"learned": a.learned} if "learned" in cfg.arms else {}
     adjusted = [arm for arm in cfg.arms if arm != "learned"]
+    for arm in adjusted:
+        try:
+            budgets[arm], arms[arm] = _rebudgeted(a, arm, None, None, 1.0)
+        except ValueError as e:
+            raise ValueError(f"the {arm} arm cannot be matched in latency: {e}") from None
     rounds: list[dict[str, Any]] = []
     while True:
-        timed = _first(arms)
+        timed = _first({arm: arms[arm] for arm in cfg.arms})
         measured = time_networks(timed, model.settings, repeats=LATENCY_REPEATS, progress=cfg.progress)
         target = cfg.latency_ms or measured["learned"]
-        rounds.append({"target_ms": target, "budget_ms": dict(budgets),
+        rounds.append({"target_ms": target, "budget": dict(budgets),
                        "predicted_ms": {arm: model.predict(s) for arm, s in timed.items()}, "measured_ms": measured})
         off = [arm for arm in adjusted if abs(measured[arm] / target - 1) > tolerance]
         if not off:
@@ -497,20 +522,25 @@ def _calibrate(a: _Arms, path: Path) -> dict[str, Any]:
                 f"too noisy here: raise --latency-tolerance (now {tolerance}) or measure the cost model at a larger batch "
                 "(scalenet latency-model --batch-size)")
         for arm in off:
-            was = budgets[arm]
-            budgets[arm] *= target / measured[arm]
             try:
-                arms[arm] = _build_arm(a, arm, budgets[arm])
+                budgets[arm], arms[arm] = _rebudgeted(a, arm, budgets[arm], timed[arm], target / measured[arm])
             except ValueError as e:
                 raise ValueError(f"calibrating the {arm} arm to the measured target {target:.2f} ms (it measured "
-                                 f"{measured[arm]:.2f} ms under a predicted {was:.2f} ms): {e}") from None
+                                 f"{measured[arm]:.2f} ms under {_describe(budgets[arm])}): {e}") from None
     last = rounds[-1]
     record = {"target_ms": last["target_ms"], "tolerance": tolerance, "repeats": LATENCY_REPEATS,
               "settings": dataclasses.asdict(model.settings),
-              "budget_ms": budgets, "predicted_ms": last["predicted_ms"], "measured_ms": last["measured_ms"],
+              "budget": budgets, "predicted_ms": last["predicted_ms"], "measured_ms": last["measured_ms"],
               "rounds": rounds}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _describe(budget: dict[str, float] | None) -> str:
+    """An arm's budget in a study matched in latency, for tables and messages."""
+    if budget is None:
+        return "its own allocation"
+    return f"a predicted {budget['ms']:.2f} ms" if "ms" in budget else f"{budget['macs'] / 1e6:.2f} M MACs"
 
 
 def _run_name(arm: str, seed: int) -> str:
@@ -620,7 +650,7 @@ def summarize_study(cfg: StudyConfig, target: int, results: list[dict[str, Any]]
                      "params": statistics.mean(r["params"] for r in rs),
                      "train_seconds": statistics.mean(r["train_seconds"] for r in rs)}
         if latency is not None:
-            arms[arm].update(budget_ms=latency["budget_ms"][arm], predicted_ms=latency["predicted_ms"][arm],
+            arms[arm].update(budget=latency["budget"][arm], predicted_ms=latency["predicted_ms"][arm],
                              measured_ms=latency["measured_ms"][arm])
     base = "learned" if "learned" in arms else cfg.arms[0]
     comparisons = {
