@@ -195,8 +195,6 @@ def test_a_rule_arm_the_cost_model_cannot_bring_to_the_target_is_matched_in_meas
     """A cost model fitted on SA blocks that rates x1 neurons as free: no selection of the plain
     ResNet's pool reaches the predicted budget, so its MACs are calibrated on the measurement
     instead (here the stand-in timer makes its latency proportional to its MACs)."""
-    import dataclasses
-
     from scalenet.latency import LatencyModel
 
     def error(name, s, r):  # the resnet arm measures 1 ms per 100,000 MACs, the others as predicted

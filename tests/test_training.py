@@ -12,7 +12,7 @@ from scalenet.checkpoint import CheckpointError, read_state_dict
 from scalenet.data import ShardSampler
 from scalenet.training import (
     PREEMPTED_EXIT_CODE, CheckpointSaver, DistContext, Preempted, RunDir, TrainingError, Updater, auto_jobs,
-    check_jobs, check_same_run, fit, gpu_slots, in_processes, train_one_epoch,
+    check_jobs, check_same_run, fit, gpu_slots, in_processes, jobs_for, train_one_epoch,
 )
 
 
@@ -248,6 +248,15 @@ def test_each_worker_owns_one_gpu_and_trainings_at_the_same_time_never_share_one
     _check_one_gpu_per_worker(results, ["3", "5"])
     with pytest.raises(ValueError, match="--jobs 3: only 2 GPU"):
         in_processes(_gpu_of_worker, [0.0] * 3, jobs=3, devices=["3", "5"])
+
+
+def test_under_torchrun_every_training_runs_alone_with_ddp_and_jobs_is_refused(monkeypatch):
+    assert jobs_for(None, 16, "study runs") == auto_jobs(16) and jobs_for(3, 16, "study runs") == 3
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert jobs_for(None, 16, "study runs") == 1 and jobs_for(1, 16, "study runs") == 1
+    with pytest.raises(ValueError, match="under torchrun the study runs train one after another, each with DDP across "
+                                         "all ranks; drop --jobs"):
+        jobs_for(2, 16, "study runs")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -422,6 +421,8 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
+    from .training import under_torchrun
+
     sources = [k for k in ("data", "scores", "from_runs") if getattr(args, k) is not None]
     if len(sources) != 1:
         raise ValueError("give --data DIR (train seed networks), --scores X.scores.json or --from-runs RUN_DIR... "
@@ -440,7 +441,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         _refuse_given(args, _LATENCY_OPTIONS, "without --latency-ms (they say what a latency budget is predicted for)")
     if args.then_train is None:
         _refuse_given(args, ["run_dir"], "without --then-train")
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    elif under_torchrun():
         raise ValueError("--then-train does not apply under torchrun; train the result with torchrun -m scalenet "
                          "train --model OUT.json")
     out, run_dir = _allocate_outputs(args)

@@ -54,7 +54,9 @@ from .allocation import (
 from .fileio import atomic_write_text
 from .report import format_study, plot_study, stage_summary
 from .structure import Structure
-from .training import TrainConfig, auto_jobs, check_jobs, in_processes, is_main_process
+from .training import (
+    TrainConfig, check_jobs, in_processes, is_main_process, jobs_for, setup_distributed, under_torchrun,
+)
 
 __all__ = [
     "ARMS", "RULES", "ARM_BUILDERS", "STUDY_RECIPE", "StudyConfig", "run_study", "build_arms", "summarize_study",
@@ -310,21 +312,16 @@ def _prepare(cfg: StudyConfig, out: Path) -> None:
 def _on_rank_0(work: Callable[[], Any]) -> Any:
     """``work()`` on rank 0 only under torchrun (what writes files or times networks), its
     JSON-able result (or its one-line error) sent to every rank; ``work()`` without torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if not under_torchrun():
         return work()
-    import torch.distributed as dist
-
-    from .training import setup_distributed
-
     d = setup_distributed()  # the group the seed networks' training started, or a new one
-    box: list[Any] = [None]
+    outcome = None
     if d.main:
         try:
-            box[0] = ("ok", work())
+            outcome = ("ok", work())
         except ValueError as e:
-            box[0] = ("error", str(e))
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
+            outcome = ("error", str(e))
+    kind, value = d.broadcast(outcome)
     if kind == "error":
         raise ValueError(value)
     return value
@@ -602,7 +599,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
         return {"config": cfg.settings(), "out": str(out), "arm": arm, "seed": seed, "structure": structure.to_json(),
                 "bars": cfg.progress and jobs == 1}
 
-    jobs = _jobs(cfg, len(todo))
+    jobs = jobs_for(cfg.jobs, len(todo), "study runs")
     bar = _bar(len(runs), len(done), cfg.progress and main)
 
     def finished(i: int, record: dict[str, Any]) -> None:
@@ -617,17 +614,6 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
         atomic_write_text(out / "study.md", format_study(report))
         plot_study(report, out / "study.png")
     return report
-
-
-def _jobs(cfg: StudyConfig, runs: int) -> int:
-    """Runs trained at once: one under torchrun (each with DDP across all ranks), else
-    ``cfg.jobs`` or one per CPU core (one per GPU with CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if (cfg.jobs or 1) > 1:
-            raise ValueError("under torchrun every study run trains with DDP across all ranks, one after another; "
-                             "drop --jobs")
-        return 1
-    return auto_jobs(runs) if cfg.jobs is None else cfg.jobs
 
 
 def _bar(total: int, initial: int, enabled: bool):

@@ -373,14 +373,12 @@ def _train_and_score(seed: Structure, data, cfg, training: SeedSettings, importa
 def _jobs(jobs: int | None, repeats: int, runs) -> int:
     """Seed networks trained at once: one under torchrun (each with DDP across the ranks, which
     need a shared runs folder), else ``jobs`` or one per CPU core (one per GPU with CUDA)."""
-    from ..training import auto_jobs
+    from ..training import jobs_for, under_torchrun
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if runs is None or (jobs or 1) > 1:
-            raise ValueError("under torchrun the seed networks train one after another with DDP across all ranks: "
-                             "give the runs folder (scalenet allocate does) and no --jobs")
-        return 1
-    return auto_jobs(repeats) if jobs is None else jobs
+    if under_torchrun() and runs is None:
+        raise ValueError("under torchrun the seed networks train one after another with DDP across all ranks, in a "
+                         "runs folder every rank reads: give runs= (scalenet allocate does)")
+    return jobs_for(jobs, repeats, "seed networks")
 
 
 def _runs_record(training: SeedSettings, cfg, seed: Structure, train_images: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "is_main_process", "setup_distributed", "autocast"]
+__all__ = ["DistContext", "is_main_process", "under_torchrun", "setup_distributed", "autocast"]
 
 
 @dataclass
@@ -69,6 +69,12 @@ class DistContext:
         if self.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
         return torch.compile(net) if compile else net
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several ranks of a torchrun launch, from the environment
+    alone (before any process group exists)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def is_main_process() -> bool:

@@ -264,10 +264,12 @@ def fit(
     penalty = (lambda: regularizer(model)) if regularizer is not None else None
     note_skipped = True
 
+    trained_on = d.describe()  # once: every checkpoint of this process records it
+
     def checkpoint(epochs_done: int, record: Mapping[str, Any], **position: Any) -> dict[str, Any]:
         """The run's state now: at an epoch's end, or inside the next one with ``position``."""
         return {"format": task.checkpoint_format, "epoch": epochs_done, **position, **updater.state(model),
-                **task.checkpoint(record), task.best_key: at.best, "trained_on": d.describe(),
+                **task.checkpoint(record), task.best_key: at.best, "trained_on": trained_on,
                 **({"epoch_record": dict(record)} if record else {})}  # the log line it ends
 
     with saver.start(at.epoch, at.metrics):

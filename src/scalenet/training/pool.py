@@ -9,7 +9,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["auto_jobs", "check_jobs", "gpu_slots", "in_processes"]
+from .distributed import under_torchrun
+
+__all__ = ["auto_jobs", "check_jobs", "gpu_slots", "in_processes", "jobs_for"]
 
 
 def gpu_slots() -> list[str]:
@@ -30,6 +32,18 @@ def auto_jobs(tasks: int) -> int:
     threads)."""
     gpus = gpu_slots()
     return max(1, min(tasks, len(gpus) if gpus else torch.get_num_threads()))
+
+
+def jobs_for(jobs: int | None, tasks: int, what: str) -> int:
+    """How many of ``tasks`` trainings (``what``, for the message) run at once: one under torchrun,
+    where each trains with DDP across all ranks (``--jobs`` above 1 refused), else ``jobs`` or
+    :func:`auto_jobs`."""
+    if under_torchrun():
+        if (jobs or 1) > 1:
+            raise ValueError(f"under torchrun the {what} train one after another, each with DDP across all ranks; "
+                             "drop --jobs")
+        return 1
+    return auto_jobs(tasks) if jobs is None else jobs
 
 
 def check_jobs(jobs: int | None) -> None:
