@@ -2,11 +2,9 @@
 trained elsewhere (--write-seed, scalenet train, --from-runs), and torchrun."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +47,18 @@ def test_every_seed_network_is_an_ordinary_run_scored_from_its_checkpoint(straig
         assert _sidecar(straight)["runs"][i]["metrics"] == records  # the records are read from the run
         trained_on = read_state_dict(d / "last.pt")["trained_on"]  # where it trained, for a cluster's logs
         assert trained_on["world_size"] == 1 and trained_on["device"]
+
+
+def test_a_run_whose_last_log_line_a_kill_kept_out_is_scored_with_that_line(straight, tmp_path):
+    import shutil
+
+    from scalenet.allocation.seeds import score_run
+
+    run = tmp_path / "seed-0000"
+    shutil.copytree(straight.with_name("s.runs") / "seed-0000", run)
+    full = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text(json.dumps(full[0]) + "\n")  # killed after last.pt, before its line
+    assert score_run(run)[0].metrics == full
 
 
 def test_a_killed_allocation_resumes_retraining_only_the_interrupted_seed(folder, straight, tmp_path):

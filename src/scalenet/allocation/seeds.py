@@ -91,7 +91,8 @@ def score_run(path: str | os.PathLike, seed: Structure | None = None,
                          f"({_describe(structure)} vs {_describe(seed)}); give runs of one seed structure")
     scores = (importance or BNScale())(model, structure, int(ckpt["image_size"]))
     seed_value = int((ckpt.get("args") or {}).get("seed", 0))
-    return SeedRun(seed_value, scores, structure, run.read_metrics(upto=int(ckpt["epoch"]))), ckpt
+    records = run.read_metrics(upto=int(ckpt["epoch"]), last=ckpt.get("epoch_record"))  # a line a kill kept out
+    return SeedRun(seed_value, scores, structure, records), ckpt
 
 
 def _describe(s: Structure) -> str:
