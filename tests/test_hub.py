@@ -11,6 +11,7 @@ import scalenet
 from scalenet import Structure
 from scalenet.checkpoint import read_state_dict, save_weights
 from scalenet.cli import main
+from scalenet.compat import timm_reads_local_dir
 from scalenet.training import model_from_checkpoint
 
 from helpers import make_image_folder, refused
@@ -25,6 +26,18 @@ def learned(tmp_path_factory):
     assert main(["allocate", "--data", str(folder), "--out", str(out), "--epochs", "1", "--batch-size", "8",
                  "--layers", "1,1", "--width", "8", "--repeats", "1", "--then-train", "2", "--no-progress"]) == 0
     return folder, root / "tiny_run" / "best.pt"
+
+
+def timm_from_folder(hub, pretrained=True, **kwargs):
+    """timm's own reading of a Hub-layout folder: ``local-dir:`` from timm 1.0.16; before it, what
+    a user of the older timm does: the config's architecture and model_args, the weights as a file."""
+    if timm_reads_local_dir():
+        return timm.create_model(f"local-dir:{hub}", pretrained=pretrained, **kwargs)
+    config = json.loads((hub / "config.json").read_text())
+    return timm.create_model(config["architecture"], pretrained=pretrained, num_classes=config["num_classes"],
+                             pretrained_cfg_overlay=dict(file=str(hub / "model.safetensors"),
+                                                         num_classes=config["num_classes"]),
+                             **config.get("model_args", {}), **kwargs)
 
 
 def test_a_learned_structure_round_trips_through_timm_with_identical_logits(learned, tmp_path, capsys):
@@ -42,15 +55,15 @@ def test_a_learned_structure_round_trips_through_timm_with_identical_logits(lear
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = original.eval()(x)
-        for model in (timm.create_model(f"local-dir:{hub}", pretrained=True), scalenet.create_model(f"local-dir:{hub}")):
+        for model in (timm_from_folder(hub), scalenet.create_model(f"local-dir:{hub}")):
             assert torch.equal(model.eval()(x), expected)  # the same weights and arithmetic, on this machine
-    features = timm.create_model(f"local-dir:{hub}", pretrained=True, features_only=True).eval()
+    features = timm_from_folder(hub, features_only=True).eval()
     ours = scalenet.create_model(f"local-dir:{hub}", features_only=True).eval()
     with torch.no_grad():
         maps, again = features(x), ours(x)
     assert len(maps) == len(original.structure.layers) + 1 and all(torch.equal(a, b) for a, b in zip(maps, again))
     # random weights would not match: the test can fail
-    assert not torch.equal(timm.create_model(f"local-dir:{hub}", pretrained=False).eval()(x), expected)
+    assert not torch.equal(timm_from_folder(hub, pretrained=False).eval()(x), expected)
 
 
 def test_the_model_card_states_the_checkpoints_own_figures(learned, tmp_path):
@@ -98,7 +111,7 @@ def test_a_published_model_with_its_weight_file_round_trips(tmp_path):
     original = scalenet.create_model("scalenet50_light", checkpoint=weights).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(timm.create_model(f"local-dir:{hub}", pretrained=True).eval()(x), original(x))
+        assert torch.equal(timm_from_folder(hub).eval()(x), original(x))
     assert "figures of the original release, not measured by this library" in (hub / "README.md").read_text()
 
 
@@ -110,8 +123,9 @@ def test_a_registered_builder_takes_a_structure_as_model_args():
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
     maps = timm.create_model("scalenet_structure", structure=s.to_json(), features_only=True)(torch.randn(1, 3, 32, 32))
     assert [m.shape[1] for m in maps] == [8, 32, 64]
-    with pytest.raises(ValueError, match="pass structure="):
-        timm.create_model("scalenet_structure")
+    # without structure= (as timm's generic tests build every registered name): ScaleNet-50's allocation
+    default = timm.create_model("scalenet_structure", device="meta")
+    assert default.structure.rows == Structure.published("scalenet50").rows
 
 
 # ---------------------------------------------------------------------------- bad input

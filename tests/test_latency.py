@@ -155,9 +155,13 @@ def test_compiled_timing_lifts_dynamos_recompile_limit(monkeypatch):
     import torch
     import torch._dynamo
 
+    from scalenet.compat import recompile_limit
     from scalenet.latency import _timer
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    monkeypatch.setattr(config, name, 8)
+    assert recompile_limit() == 8
     prepare, _ = _timer(dataclasses.replace(SETTINGS, compile=True))
     prepare(torch.nn.Conv2d(3, 4, 1), (1, 3, 8, 8))  # torch.compile is lazy: nothing compiles here
-    assert torch._dynamo.config.recompile_limit >= 64
+    assert getattr(config, name) >= 64

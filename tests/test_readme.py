@@ -7,6 +7,7 @@ from pathlib import Path
 
 import scalenet
 from scalenet.checkpoint import save_weights
+from scalenet.compat import timm_reads_local_dir
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -24,6 +25,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for code in blocks:
+        if 'timm.create_model("local-dir:' in code and not timm_reads_local_dir():
+            continue  # as the README says: timm reads local-dir: folders from 1.0.16 (the floor is 1.0.15)
         exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - the README is ours
     assert json.loads((tmp_path / "learned.json").read_text())["rows"]
     assert (tmp_path / "learned.scores.json").is_file() and (tmp_path / "learned.png").is_file()

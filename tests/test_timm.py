@@ -18,8 +18,12 @@ from scalenet.checkpoint import save_weights
 
 from conftest import PUBLISHED
 
-NAMES = list(PUBLISHED)
+NAMES = timm.list_models("scalenet*")  # every name we register, as timm's own tests select them
 LIGHT = "scalenet50_light"
+
+
+def test_every_registered_name_is_tested():
+    assert set(NAMES) == {*PUBLISHED, "scalenet_structure"}
 
 
 def _timm_size(model, target):
@@ -163,6 +167,7 @@ def _fx_model(model, train=False):
                                     tracer_kwargs=tracer_kwargs)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # timm's contract asks for it
 def test_torch_fx_forward_backward_and_fx_plus_torchscript():
     model = timm.create_model(LIGHT).eval()
     x = torch.randn(1, *_timm_size(model, 128))
@@ -179,6 +184,7 @@ def test_torch_fx_forward_backward_and_fx_plus_torchscript():
     assert out.shape[-1] == 42 and not [n for n, p in fx.named_parameters() if p.grad is None]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # timm's contract asks for it
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_torchscript_matches_eager(name):

@@ -14,11 +14,15 @@ The allocation's parts (importances, budgets, selectors, rounding, combination) 
 Importing the package registers the ScaleNets with timm (``timm.create_model("scalenet50")``).
 """
 
-from .factory import create_model, list_models
-from .structure import Structure
+from .compat import check_floors
+
+check_floors()  # before anything that an older torch or timm than the floors would break
+
+from .factory import create_model, list_models  # noqa: E402
+from .structure import Structure  # noqa: E402
 from . import models  # noqa: F401  (registers the timm models)
-from .allocation import allocate
-from .fuse import fuse
+from .allocation import allocate  # noqa: E402
+from .fuse import fuse  # noqa: E402
 
 __all__ = ["create_model", "list_models", "Structure", "allocate", "fuse"]
 __version__ = "0.1.0"

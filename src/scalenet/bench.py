@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .compat import require
 from .devices import device_name, device_slug  # noqa: F401 (re-exported: scalenet.bench names them)
 from .factory import create_model
 from .fileio import atomic_write_text
@@ -120,6 +121,8 @@ def run_bench(
     y = torch.randint(0, 1000, (batch_size,), device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if onnx and not train and dev.type == "cpu" and amp_dtype is None:
+        require("onnxruntime", ONNX_ROWS)  # before any model is built
     for name, build in builders.items():
         model = build()
         macs, params = _count(model, image_size)
@@ -200,8 +203,11 @@ def _warm_up(runners: dict[str, Callable[[], None]], rows: dict[str, dict[str, A
             rows[name]["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
 
 
+ONNX_ROWS = "the onnxruntime rows (without them: --no-onnx)"
+
+
 def _onnx_runners(builders, rows, batch_size, image_size) -> dict[str, Callable[[], None]]:
-    import onnxruntime as ort
+    ort = require("onnxruntime", ONNX_ROWS)
 
     from .export import export_onnx
 

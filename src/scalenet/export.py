@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compat import require
 from .fileio import atomic_write
 
 __all__ = ["export_onnx", "check_onnx", "export_checked"]
@@ -38,7 +39,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, in_c
 def check_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, in_chans: int = 3, batch: int = 3) -> float:
     """Runs the file in onnxruntime and PyTorch on the same input (a batch size other than the
     export's, to exercise the dynamic axis); returns the max difference relative to the output scale."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "checking an ONNX export")
 
     x = torch.randn(batch, in_chans, image_size, image_size)
     with torch.no_grad():
@@ -52,6 +53,7 @@ def export_checked(model: nn.Module, path: str | os.PathLike, image_size: int, i
                    limit: float = 1e-3) -> float:
     """:func:`export_onnx` then :func:`check_onnx`; a file whose outputs differ from PyTorch's by
     more than ``limit`` (relative) is removed with one clear error. Returns the difference."""
+    require("onnxruntime", "checking an ONNX export")  # before the export, not after it
     path = export_onnx(model, path, image_size, in_chans)
     diff = check_onnx(model, path, image_size, in_chans)
     if diff > limit:

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from .compat import save_for_hf
 from .structure import Structure, published_names
 
 __all__ = [
@@ -135,8 +136,6 @@ def save_hub(model: nn.Module, directory: str | os.PathLike, *, classes: Sequenc
     once: into a sibling temporary folder, then renamed; an existing ``directory`` is refused
     unless ``force``. Uses timm's ``save_for_hf`` for the weights and the config, and adds the
     structure to ``model_args`` and the preprocessing to ``pretrained_cfg``."""
-    from timm.models import save_for_hf
-
     out = Path(directory)
     if out.exists() and not force:
         raise FileExistsError(f"--hub {out} exists; choose another folder or pass --force to replace it")
@@ -150,7 +149,7 @@ def save_hub(model: nn.Module, directory: str | os.PathLike, *, classes: Sequenc
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_for_hf(model.eval(), str(tmp), model_config=model_config, model_args={"structure": structure.to_json()},
-                    safe_serialization=True, data_config=data_config)
+                    data_config=data_config)
         (tmp / CARD).write_text(model_card(structure, model.num_classes, model.in_chans, image_size, card))
         _replace(tmp, out)
     finally:

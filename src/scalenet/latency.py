@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compat import raise_recompile_limit
 from .fileio import atomic_write_text, cache_root, read_json
 from .structure import BlockSpec, Structure
 
@@ -201,7 +202,7 @@ def _timer(settings: LatencySettings):
         module = module.to(memory_format=torch.channels_last).eval()
         run = module
         if settings.compile:  # inductor with freezing, as scalenet bench compiles for inference
-            _raise_recompile_limit(64)  # every split is another graph of the same module class: dynamo's
+            raise_recompile_limit(64)  # every split is another graph of the same module class: dynamo's
             run = torch.compile(module, options={"freezing": True})  # default limit (8) would run later ones eagerly
 
         def call() -> None:
@@ -210,17 +211,6 @@ def _timer(settings: LatencySettings):
         return call
 
     return prepare, sync
-
-
-def _raise_recompile_limit(at_least: int) -> None:
-    import torch._dynamo
-
-    config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one
-        if hasattr(config, name) and getattr(config, name) < at_least:
-            setattr(config, name, at_least)
-    if hasattr(config, "accumulated_recompile_limit") and config.accumulated_recompile_limit < 4 * at_least:
-        config.accumulated_recompile_limit = 4 * at_least
 
 
 def _representative(structure: Structure, stage: int) -> BlockSpec:

@@ -8,6 +8,8 @@ import io
 from typing import Any, Iterable
 
 import torch
+
+from ..compat import require
 from torch import nn
 
 __all__ = ["STAT_NAMES", "predict", "coco_evaluate", "format_coco_table"]
@@ -31,14 +33,8 @@ _LINES = (
 
 
 def _pycocotools():
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
-        raise ImportError(
-            "COCO evaluation needs pycocotools; install it with: pip install 'scalenet[detection]'"
-        ) from None
-    return COCO, COCOeval
+    coco = require("pycocotools.coco", "COCO evaluation")
+    return coco.COCO, require("pycocotools.cocoeval", "COCO evaluation").COCOeval
 
 
 @torch.no_grad()

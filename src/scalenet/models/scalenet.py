@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier
 from timm.models import register_notrace_module  # timm.layers has it only from 1.0.17
 from timm.models import build_model_with_cfg, checkpoint_seq, clean_state_dict, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from ..compat import create_classifier
 from ..devices import available_memory, check_memory  # noqa: F401 (re-exported)
 from ..structure import STEMS, BlockSpec, Structure, published_names
 
@@ -477,10 +477,8 @@ def _create_scalenet(variant: str, pretrained: bool = False, structure: Structur
                      **kwargs: Any):
     if isinstance(structure, Mapping):  # timm's model_args (a Hub config.json): the structure as JSON
         structure = Structure.from_json(structure, source="model_args (structure)")
-    if structure is None and variant not in published_names():
-        raise ValueError(f"{variant} builds a ScaleNet from a structure: pass structure= (a Structure or its JSON, "
-                         "as the model_args of a Hub config.json hold it)")
-    structure = structure if structure is not None else Structure.published(variant)
+    if structure is None:  # a published name, or scalenet_structure built without arguments (as timm's tests do)
+        structure = Structure.published(variant if variant in published_names() else DEFAULT_STRUCTURE)
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     if pretrained_cfg is None and variant not in published_names():
         pretrained_cfg = pretrained_cfg_for(structure, kwargs.get("in_chans", 3))
@@ -496,12 +494,17 @@ def _create_scalenet(variant: str, pretrained: bool = False, structure: Structur
     )
 
 
+#: What ``scalenet_structure`` builds without ``structure=``: ScaleNet-50's allocation, so that every
+#: registered name builds with no arguments, as timm's generic model tests and ``timm.list_models`` users expect.
+DEFAULT_STRUCTURE = "scalenet50"
+
 # default_cfgs must exist before the builders: register_model reads it when the decorator runs.
 default_cfgs = generate_default_cfgs({
     **{f"{name}.in1k": pretrained_cfg_for(Structure.published(name)) for name in published_names()},
     # a learned structure: the cfg is made for the structure given (input size, pool size)
-    "scalenet_structure": pretrained_cfg_for(dataclasses.replace(Structure.published("scalenet50"), meta={})) | dict(
-        description="A ScaleNet of any structure (learned with scalenet allocate), given as structure="),
+    "scalenet_structure": pretrained_cfg_for(dataclasses.replace(Structure.published(DEFAULT_STRUCTURE), meta={})) | dict(
+        description="A ScaleNet of any structure (learned with scalenet allocate), given as structure= "
+                    f"({DEFAULT_STRUCTURE}'s without one)"),
 })
 
 
@@ -534,5 +537,6 @@ def scalenet_structure(pretrained: bool = False, structure: Structure | Mapping[
                        **kwargs: Any) -> ScaleNet:
     """A ScaleNet of any structure: ``structure`` is a :class:`Structure` or its JSON (the
     ``model_args`` of a Hub ``config.json``), so that timm's factory, ``pretrained_cfg_overlay``
-    and ``features_only`` work on learned structures as on the published names."""
+    and ``features_only`` work on learned structures as on the published names. Without it,
+    ScaleNet-50's structure (:data:`DEFAULT_STRUCTURE`)."""
     return _create_scalenet("scalenet_structure", pretrained, structure=structure, **kwargs)

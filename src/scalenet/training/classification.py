@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,8 @@ from torch import nn
 from timm.utils import random_seed
 
 from ..checkpoint import CheckpointError, read_state_dict
-from ..data import BUILTIN, DataSpec, build_data
+from ..compat import param_groups_weight_decay
+from ..data import BUILTIN, DataSpec, build_data, class_mismatch
 from ..factory import create_model
 from ..models.scalenet import checkpoint_filter_fn
 from ..structure import Structure
@@ -185,6 +186,9 @@ def evaluate_checkpoint(
             f"{checkpoint} was trained for {ckpt['num_classes']} classes and {ckpt['in_chans']} channels, "
             f"but {data} has {spec.num_classes} classes and {spec.in_chans} channels; evaluate it on data like its own"
         )
+    problem = class_mismatch(ckpt.get("classes"), spec.classes, str(checkpoint), str(data))
+    if problem:
+        raise ValueError(f"{problem}; evaluate it on data with the classes it was trained on")
     model.structure.check_input(spec.image_size)
     result = evaluate(model, spec.loader("val", batch_size, workers=workers))
     return {"data": spec.name, "top1": result["top1"], "top5": result["top5"], "top1_err": 1 - result["top1"],
@@ -226,13 +230,13 @@ class ClassificationTask:
         # the batch size places a resume inside an epoch (steps x batch) and shapes the LR schedule
         return {"structure": (s.rows, s.layers, s.scales), "number of classes": self.data.num_classes,
                 "data set": self.data.name, "number of training images": len(self.data.train),
-                "batch size": self.cfg.batch_size}
+                "batch size": self.cfg.batch_size, "class names": list(self.data.classes)}
 
     def identity_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any]:
         s = Structure.from_json(ckpt["structure"], source="checkpoint (structure)")
         return {"structure": (s.rows, s.layers, s.scales), "number of classes": ckpt.get("num_classes"),
                 "data set": ckpt.get("data"), "number of training images": ckpt.get("train_images"),
-                "batch size": (ckpt.get("args") or {}).get("batch_size")}
+                "batch size": (ckpt.get("args") or {}).get("batch_size"), "class names": ckpt.get("classes")}
 
     def checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
         data = self.data
@@ -244,28 +248,46 @@ class ClassificationTask:
         }
 
 
-def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, announce: bool = True) -> None:
+def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, announce: bool = True,
+               classes: Sequence[str] | None = None) -> None:
     """Loads every fitting tensor of ``path`` into ``model`` (:func:`scalenet.checkpoint.load_init`);
-    says in one line when the classifier stays freshly initialised."""
+    says in one line when the classifier stays freshly initialised. With ``classes`` (the data's
+    class names), a file that records other class names (a training checkpoint or a Hub folder)
+    gives no classifier either: its label i meant another class."""
     from ..checkpoint import load_init
     from ..hub import WEIGHTS, hub_folder, is_hub, read_hub_config
 
+    recorded = None
     if is_hub(path):  # the weights of a Hub-layout folder
         folder = hub_folder(str(path))
-        read_hub_config(folder, str(path))
-        path = folder / WEIGHTS
+        config, _ = read_hub_config(folder, str(path))
+        recorded, path = config.get("label_names"), folder / WEIGHTS
     if not Path(path).is_file():
         raise FileNotFoundError(f"--init: weights not found: {path}")
-    reset = load_init(model, path, filter_fn=checkpoint_filter_fn)
+    if recorded is None and classes is not None:
+        recorded = _recorded_classes(path)
+    other = classes is not None and class_mismatch(recorded, classes, str(path), "this data") is not None
+    head = ("fc.weight", "fc.bias")
+    filter_fn = (lambda s: {k: v for k, v in checkpoint_filter_fn(s).items() if k not in head}) if other \
+        else checkpoint_filter_fn
+    reset = load_init(model, path, filter_fn=filter_fn)
     if reset and announce:
-        print(f"note: {path}: its classifier does not fit {num_classes} classes; the classifier starts from scratch",
-              flush=True)
+        why = (f"was trained on other classes ({class_mismatch(recorded, classes, 'it', 'this data')})" if other
+               else f"its classifier does not fit {num_classes} classes")
+        print(f"note: {path}: {why}; the classifier starts from scratch", flush=True)
+
+
+def _recorded_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class names a training checkpoint records; None for plain weight files."""
+    if Path(path).suffix == ".safetensors":
+        return None
+    ckpt = read_state_dict(path, mmap=True)
+    classes = ckpt.get("classes") if ckpt.get("format") == CHECKPOINT_FORMAT else None
+    return list(classes) if isinstance(classes, (list, tuple)) else None
 
 
 def _updater(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, device: torch.device) -> Updater:
-    from timm.optim import param_groups_weight_decay
-
-    groups = param_groups_weight_decay(model, cfg.wd, weight_decay_exclude_1d=cfg.no_bn_wd)
+    groups = param_groups_weight_decay(model, cfg.wd, exclude_1d=cfg.no_bn_wd)
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(cfg.epochs * steps_per_epoch, round(cfg.warmup * steps_per_epoch))
@@ -302,7 +324,7 @@ def train(
     random_seed(cfg.seed)  # torch, NumPy and Python's generators (timm.utils)
     model = create_model(structure, num_classes=data.num_classes, in_chans=data.in_chans)
     if cfg.init is not None and not resume:
-        start_from(model, cfg.init, data.num_classes, announce=d.main)
+        start_from(model, cfg.init, data.num_classes, announce=d.main, classes=data.classes)
     model.freeze_stages(cfg.freeze_stages)
     model = model.to(d.device)
     if cfg.channels_last:
