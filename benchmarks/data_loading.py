@@ -1,10 +1,13 @@
 """Images per second of the ImageFolder training pipeline at ImageNet size: JPEG decode,
 RandomResizedCrop(224) and flip, normalised batches, with 0, 1 and 2 loader workers.
 
-Two decoders, both as ``scalenet train`` builds them (``scalenet.data.build_data``):
+Three decoders, as ``scalenet train`` builds them (``scalenet.data.build_data``):
 - ``pil``: PIL decode, crop and flip on the PIL image, ``ToTensor`` + ``Normalize`` (float batches);
-- ``torchvision``: ``torchvision.io.decode_jpeg`` into a uint8 tensor, crop and flip on it,
-  then float conversion and normalisation (``--decode torchvision``).
+- ``torchvision``: ``torchvision.io.decode_image`` into a uint8 tensor, crop and flip on it,
+  then float conversion and normalisation (``--decode torchvision``; deprecated from
+  torchvision 0.29, so its warning is silenced here);
+- ``torchcodec``: TorchCodec's ``decode_image``, then the same tensor transforms
+  (``--decode torchcodec``, the ``scalenet[torchcodec]`` extra; left out where not installed).
 
 The images are synthetic JPEGs of ImageNet's typical size (500x375, quality 90, about
 80-110 KB: smooth structure plus noise, so that they compress like photographs). Every
@@ -18,6 +21,7 @@ Writes benchmarks/results/data-loading-<device>.json and .md.
 """
 
 import argparse
+import importlib.util
 import json
 import statistics
 import tempfile
@@ -64,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         kb = make_jpegs(Path(tmp), args.images)
         loaders = {}
-        for decode in DECODERS:
+        for decode in [d for d in DECODERS if d != "torchcodec" or importlib.util.find_spec("torchcodec")]:
             data = build_data(tmp, image_size=224, decode=decode)
             for w in workers:
                 loaders[f"{decode}, {w} worker{'s' if w != 1 else ''}"] = data.loader("train", args.batch_size, workers=w)

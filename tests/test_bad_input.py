@@ -3,12 +3,15 @@ lost. One test per cause (not per reported case); each fails without its fix."""
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import scalenet
 from scalenet import Structure
 from scalenet.allocation import (
     LatencyCost,
@@ -167,13 +170,14 @@ def _gradient(h=24, w=32) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["png16", "tiff-float", "int32"])
 def test_16_bit_and_float_images_are_scaled_to_8_bits(tmp_path, kind):
     g8 = _gradient().astype(np.uint8)
-    path = tmp_path / f"deep.{'png' if kind != 'tiff-float' else 'tiff'}"
+    path = tmp_path / f"deep.{'png' if kind == 'png16' else 'tiff'}"  # PNG holds no 32-bit samples (Pillow 13)
     if kind == "png16":
         Image.fromarray(g8.astype(np.uint16) * 257).save(path)  # I;16: 0..65535
     elif kind == "tiff-float":
-        Image.fromarray(g8.astype(np.float32) / 255.0, mode="F").save(path)
+        Image.fromarray(g8.astype(np.float32) / 255.0).save(path)  # F
     else:
-        Image.fromarray(g8.astype(np.int32) * 257, mode="I").save(path)
+        Image.fromarray(g8.astype(np.int32) * 257).save(path)  # I: 32-bit signed
+    assert Image.open(path).mode in {"png16": ("I;16", "I"), "tiff-float": ("F",), "int32": ("I",)}[kind]
     for mode, channels in (("RGB", 3), ("L", 1)):
         got = np.asarray(read_image(str(path), mode=mode)).reshape(g8.shape[0], g8.shape[1], -1)
         assert got.shape[-1] == channels
@@ -219,6 +223,47 @@ def test_resuming_with_another_batch_size_is_refused_naming_both(tiny_run, capsy
         refused(capsys, ["train", "--model", tiny_run.parent / "t.json", "--data", folder, "--epochs", "2",
                          "--batch-size", "5", "--out", tiny_run, *resume, "--no-progress"],
                 "different batch size (8 there, 5 here)")
+
+
+def _renamed_copy(folder: Path, dest: Path, names: dict[str, str]) -> Path:
+    """The image folder with its class folders renamed (same images, same label order)."""
+    for d in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        shutil.copytree(d, dest / names.get(d.name, d.name))
+    return dest
+
+
+def test_a_checkpoint_refuses_data_whose_class_names_differ_naming_both(tiny_run, tmp_path, capsys):
+    """Class indices are matched by position: a checkpoint trained on class_0..2 evaluated on a
+    folder x/y/z of the same size would report a meaningless accuracy. The names are checked."""
+    folder = Path(torch.load(tiny_run / "last.pt", weights_only=True)["data"])
+    assert main(["eval", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(folder)]) == 0  # its own classes
+    capsys.readouterr()
+    other = _renamed_copy(folder, tmp_path / "xyz", {"class_0": "x", "class_1": "y", "class_2": "z"})
+    refused(capsys, ["eval", "--checkpoint", tiny_run / "best.pt", "--data", other],
+            f"{tiny_run / 'best.pt'} was trained on the classes [class_0, class_1, class_2], but {other} has "
+            f"[x, y, z] (label 0 is 'class_0' there and 'x' here); evaluate it on data with the classes it was trained on")
+    fewer = _renamed_copy(folder, tmp_path / "renamed_last", {"class_2": "z"})
+    refused(capsys, ["eval", "--checkpoint", tiny_run / "best.pt", "--data", fewer],
+            "label 2 is 'class_2' there and 'z' here")  # the first label that differs
+    # resuming the run on the renamed data is refused too, naming both lists
+    refused(capsys, ["train", "--model", tiny_run.parent / "t.json", "--data", other, "--epochs", "2",
+                     "--batch-size", "8", "--out", tiny_run, "--resume", "--no-progress"],
+            "class names ([class_0, class_1, class_2] there, [x, y, z] here)")
+
+
+def test_init_from_other_classes_starts_the_classifier_from_scratch(tiny_run, tmp_path, capsys):
+    from scalenet.training.classification import _recorded_classes, start_from
+
+    ckpt = tiny_run / "best.pt"
+    assert _recorded_classes(ckpt) == ["class_0", "class_1", "class_2"]
+    source = torch.load(ckpt, weights_only=True)["model"]
+    for classes, kept in ((["class_0", "class_1", "class_2"], True), (["x", "y", "z"], False)):
+        model = scalenet.create_model(Structure.load(tiny_run.parent / "t.json"), num_classes=3)
+        start_from(model, ckpt, 3, classes=classes)
+        assert torch.equal(model.fc.weight, source["fc.weight"]) == kept
+        assert torch.equal(model.layer1[0].conv1.weight, source["layer1.0.conv1.weight"])  # the rest loads
+        note = capsys.readouterr().out
+        assert ("was trained on other classes" in note) == (not kept), note
 
 
 def test_a_folder_with_epoch_records_but_no_checkpoint_is_not_overwritten(tmp_path, capsys):

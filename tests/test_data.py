@@ -1,5 +1,8 @@
 """Data pipelines that a run can resume inside an epoch: the same batches from any start, with
-any number of loader workers, and both image decoders."""
+any number of loader workers, and every image decoder."""
+
+import importlib.util
+import sys
 
 import pytest
 import torch
@@ -7,6 +10,21 @@ import torch
 from scalenet.data import DECODERS, TensorBatches, TensorData, build_data
 
 from helpers import make_image_folder
+
+# torchvision.io's decoders warn from torchvision 0.29 (deprecated for TorchCodec): the tests of
+# that decoder exercise it on purpose, so its warning is expected there and nowhere else
+TORCHVISION_DEPRECATION = "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
+NO_TORCHCODEC = importlib.util.find_spec("torchcodec") is None
+
+
+def _decoder(decode: str):
+    marks = {"torchvision": [pytest.mark.filterwarnings(TORCHVISION_DEPRECATION)],
+             "torchcodec": [pytest.mark.skipif(NO_TORCHCODEC, reason="TorchCodec not installed: scalenet[torchcodec]")]}
+    return pytest.param(decode, marks=marks.get(decode, []), id=decode)
+
+
+ALL_DECODERS = [_decoder(d) for d in DECODERS]
+TENSOR_DECODERS = [_decoder(d) for d in DECODERS if d != "pil"]
 
 
 def _batches(loader, epoch, start=0):
@@ -33,7 +51,7 @@ def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "images", classes=2, per_class=10, size=72)
 
 
-@pytest.mark.parametrize("decode", DECODERS)
+@pytest.mark.parametrize("decode", ALL_DECODERS)
 def test_image_batches_do_not_depend_on_workers_or_the_resume_point(folder, decode):
     data = build_data(folder, image_size=64, decode=decode)  # above 64 px: RandomResizedCrop + flip
     state = torch.get_rng_state()
@@ -50,13 +68,21 @@ def test_image_batches_do_not_depend_on_workers_or_the_resume_point(folder, deco
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(full, reseeded))
 
 
-def test_both_decoders_give_the_same_evaluation_images(folder):
-    pil, tv = (build_data(folder, image_size=64, decode=d) for d in DECODERS)
+@pytest.mark.parametrize("decode", TENSOR_DECODERS)
+def test_tensor_decoders_give_the_evaluation_images_of_pil(folder, decode):
+    pil, tv = (build_data(folder, image_size=64, decode=d) for d in ("pil", decode))
     (xp, yp, _), (xt, yt, _) = next(iter(pil.loader("val", 2))), next(iter(tv.loader("val", 2)))
     assert torch.equal(yp, yt)
     assert (xp - xt).abs().mean() < 0.02  # the same resize and crop; resampling differs by rounding only
 
 
 def test_unknown_decoder_is_a_clear_error(folder):
-    with pytest.raises(ValueError, match="--decode 'cv2' is not one of pil, torchvision"):
+    with pytest.raises(ValueError, match="--decode 'cv2' is not one of pil, torchvision, torchcodec"):
         build_data(folder, decode="cv2")
+
+
+def test_torchcodec_missing_names_its_extra(folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # as if not installed: import fails
+    with pytest.raises(ImportError, match=r"^--decode torchcodec needs torchcodec, which is not installed; "
+                                          r"install it with: pip install 'scalenet\[torchcodec\]'$"):
+        build_data(folder, decode="torchcodec")

@@ -326,6 +326,19 @@ def test_cli_train_resume_and_eval_table(coco, structure_file, tmp_path, capsys)
     assert set(saved) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"} and saved["detections"] > 0
     assert f"{saved['AP']:0.3f}" in lines[0]
 
+    # data whose category ids name other categories: refused for evaluation and for resuming
+    renamed = json.loads(path.read_text())
+    renamed["categories"] = [dict(c, name="dog") if c["id"] == 3 else c for c in renamed["categories"]]
+    other = tmp_path / "renamed.json"
+    other.write_text(json.dumps(renamed))
+    code, out, err = run_cli(capsys, "detect-eval", "--checkpoint", run / "last.pt", "--coco-json", other, "--images",
+                             images, "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (f"{run / 'last.pt'} was trained on other categories than {other} names: {{3: 'green disc'}} there, "
+            f"{{3: 'dog'}} here; evaluate on data with the categories it was trained on") in err
+    code, out, err = run_cli(capsys, *_train_args((other, images), structure_file, run, "--epochs", "3", "--resume"))
+    assert code == 2 and "different data set" in err and "categories" in err, err
+
 
 @pytest.mark.numerics
 def test_sigterm_mid_epoch_then_resume_auto_ends_as_if_uninterrupted(coco, structure_file, tmp_path, capsys,

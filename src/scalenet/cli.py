@@ -245,8 +245,8 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int | str | None 
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=_nonneg_int, default=None, help=f"data-loading processes for image folders (default {d('workers')})")
     p.add_argument("--decode", choices=DECODERS, default="pil",
-                   help="image-file decoder: PIL, or torchvision.io with the transforms on uint8 tensors (default pil; "
-                        "see benchmarks/results/data-loading-*)")
+                   help="image-file decoder: PIL, or TorchCodec or torchvision.io (deprecated from torchvision 0.29) "
+                        "with the transforms on uint8 tensors (default pil; see benchmarks/results/data-loading-*)")
     p.add_argument("--seed", type=int, default=None, help=f"default {d('seed')}")
     p.add_argument("--init", default=None, metavar="PATH",
                    help="start from these weights: a release .pth/.safetensors or a scalenet train checkpoint "

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 
+from .compat import require
 from .fileio import cache_root
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "load_fashion_mnist",
     "BUILTIN",
     "SMALL_IMAGE",
+    "class_mismatch",
+    "format_names",
 ]
 
 #: Images of at most this side use the small-input recipe (random crop with padding + flip).
@@ -204,23 +207,39 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[TensorDat
 
 
 # ---------------------------------------------------------------------------- image folders
-#: How image files are decoded: ``pil`` (PIL, transforms on the PIL image) or ``torchvision``
-#: (``torchvision.io.decode_image`` into a uint8 tensor, transforms on the tensor).
-DECODERS = ("pil", "torchvision")
+#: How image files are decoded: ``pil`` (PIL, transforms on the PIL image), or into a uint8
+#: tensor with the transforms on the tensor: ``torchcodec`` (TorchCodec's ``decode_image``, the
+#: ``scalenet[torchcodec]`` extra) or ``torchvision`` (``torchvision.io.decode_image``, which
+#: torchvision deprecates from 0.29 in favour of TorchCodec).
+DECODERS = ("pil", "torchvision", "torchcodec")
+
+
+def check_decoder(decode: str) -> None:
+    """Refuses an unknown decoder, or TorchCodec where it is not installed, in one line."""
+    if decode not in DECODERS:
+        raise ValueError(f"--decode {decode!r} is not one of {', '.join(DECODERS)}")
+    if decode == "torchcodec":
+        require("torchcodec.decoders", "--decode torchcodec")
+
+
+def _decode_to_tensor(path: str, decode: str, mode: str) -> torch.Tensor:
+    if decode == "torchcodec":
+        from torchcodec.decoders import ImageReadMode, decode_image
+    else:
+        from torchvision.io import ImageReadMode, decode_image
+    image = decode_image(path, mode=ImageReadMode.RGB if mode == "RGB" else ImageReadMode.GRAY)
+    if image.dtype == torch.uint16:  # 16-bit PNGs: 0..65535 to 0..255, rounded
+        image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    return image
 
 
 def read_image(path: str, decode: str = "pil", mode: str = "RGB"):
     """An image in ``mode`` (``RGB`` or ``L``): a PIL image, or a uint8 (C, H, W) tensor with
-    ``decode="torchvision"``; None when the file is not a readable image. 16-bit and float
-    images are scaled to 8 bits (:func:`to_8bit`)."""
+    ``decode="torchcodec"`` or ``"torchvision"``; None when the file is not a readable image.
+    16-bit and float images are scaled to 8 bits (:func:`to_8bit`)."""
     try:
-        if decode == "torchvision":
-            from torchvision.io import ImageReadMode, decode_image
-
-            image = decode_image(path, mode=ImageReadMode.RGB if mode == "RGB" else ImageReadMode.GRAY)
-            if image.dtype == torch.uint16:  # 16-bit PNGs: 0..65535 to 0..255, rounded
-                image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
-            return image
+        if decode != "pil":
+            return _decode_to_tensor(path, decode, mode)
         from PIL import Image
 
         with Image.open(path) as im:
@@ -246,7 +265,7 @@ def to_8bit(image):
     else:  # signed or wider integers: their own range
         low, high = (values.min(), values.max()) if values.size else (0.0, 1.0)
         scaled = (values - low) * (255.0 / max(high - low, 1.0))
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    return Image.fromarray(np.rint(scaled).astype(np.uint8))  # 2-D uint8: mode L
 
 
 class ImageFiles(Dataset):
@@ -255,8 +274,7 @@ class ImageFiles(Dataset):
     the run. A key ``(index, seed)`` (see :class:`ShardSampler`) seeds the random transforms."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Any, decode: str = "pil"):
-        if decode not in DECODERS:
-            raise ValueError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
+        check_decoder(decode)
         self.samples = list(samples)
         self.transform = transform
         self.decode = decode
@@ -415,9 +433,9 @@ def _probe_image_size(path: str) -> int | None:
 
 def image_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], decode: str = "pil") -> tuple[Any, Any]:
     """(train, eval) torchvision transforms: the ImageNet recipe, or the small-image one. They
-    take PIL images, or uint8 tensors with ``decode="torchvision"`` (the same operations,
+    take PIL images, or uint8 tensors with the tensor decoders (the same operations,
     antialiased resizing, on the tensor)."""
-    if decode == "torchvision":
+    if decode != "pil":
         from torchvision.transforms import v2 as T
 
         norm = [T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
@@ -486,8 +504,7 @@ def build_data(
 ) -> DataSpec:
     """Resolves ``data`` (a built-in name or an ImageFolder directory) into a :class:`DataSpec`.
     ``decode`` chooses how image files are decoded (:data:`DECODERS`)."""
-    if decode not in DECODERS:
-        raise ValueError(f"--decode {decode!r} is not one of {', '.join(DECODERS)}")
+    check_decoder(decode)
     if str(data) == "fashion-mnist":
         return _fashion_mnist(image_size, train_subset, val_subset, seed)
     root = Path(data)
@@ -524,6 +541,25 @@ def _fashion_mnist(image_size: int | None, train_subset: int | None, val_subset:
         "fashion-mnist", 10, 1, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, list(FASHION_MNIST_CLASSES),
         train.subset(train_subset, seed), test.subset(val_subset, seed + 1), notes,
     )
+
+
+def format_names(names: Sequence[str], most: int = 8) -> str:
+    shown = ", ".join(str(n) for n in names[:most])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > most else ''}]"
+
+
+def class_mismatch(recorded: Sequence[str] | None, classes: Sequence[str], recorded_by: str, data: str) -> str | None:
+    """Why a model that learned the classes ``recorded`` (in this order: label i is
+    ``recorded[i]``) does not fit data whose labels are ``classes``, naming both lists and the
+    first label that differs; None when they agree or nothing was recorded (older checkpoints)."""
+    if recorded is None or list(recorded) == list(classes):
+        return None
+    recorded, classes = [str(c) for c in recorded], [str(c) for c in classes]
+    first = next((i for i, (a, b) in enumerate(zip(recorded, classes)) if a != b), min(len(recorded), len(classes)))
+    where = (f"label {first} is {recorded[first]!r} there and {classes[first]!r} here" if first < min(len(recorded), len(classes))
+             else f"{len(recorded)} classes there, {len(classes)} here")
+    return (f"{recorded_by} was trained on the classes {format_names(recorded)}, but {data} has {format_names(classes)} "
+            f"({where})")
 
 
 def _folder_samples(root: Path, val_fraction: float) -> tuple[list[str], list, list, list[str]]:

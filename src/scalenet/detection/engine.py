@@ -129,6 +129,26 @@ def evaluate_detector(
     return stats, results
 
 
+def category_mismatch(recorded: Mapping[str, str] | None, categories: Mapping[int, str], recorded_by: str,
+                      data: str) -> str | None:
+    """Why a detector that learned the categories ``recorded`` (id -> name, as its checkpoint
+    keeps them) does not fit data with ``categories``: an id it never learned, or an id that
+    names another category; None when every id agrees or nothing was recorded."""
+    if not recorded:
+        return None
+    known = {int(k): str(v) for k, v in recorded.items()}
+    differ = [i for i in sorted(categories) if known.get(i) != str(categories[i])]
+    if not differ:
+        return None
+
+    def show(names: Mapping[int, str]) -> str:
+        shown = ", ".join(f"{i}: {names[i]!r}" if i in names else f"{i}: none" for i in differ[:6])
+        return "{" + shown + (f", ... ({len(differ)} ids differ)" if len(differ) > 6 else "") + "}"
+
+    return (f"{recorded_by} was trained on other categories than {data} names: {show(known)} there, "
+            f"{show(categories)} here")
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike, annotations: str | os.PathLike, images: str | os.PathLike, *,
     save: str | os.PathLike | None = None, detections: str | os.PathLike | None = None, score_thresh: float = 0.05,
@@ -143,6 +163,9 @@ def evaluate_checkpoint(
     model, ckpt = detector_from_checkpoint(checkpoint)
     model.roi_heads.score_thresh = score_thresh
     num_classes = ckpt["detector"]["num_classes"]
+    problem = category_mismatch(ckpt.get("categories"), dataset.categories, str(checkpoint), str(annotations))
+    if problem:
+        raise ValueError(f"{problem}; evaluate on data with the categories it was trained on")
     if dataset.num_classes > num_classes:
         raise ValueError(
             f"{annotations} has category ids up to {dataset.num_classes - 1}, but {checkpoint} "
@@ -199,14 +222,15 @@ class DetectionTask:
         s = self.structure
         return {"backbone": (s.rows, s.layers, s.scales), "number of classes": self.dataset.num_classes,
                 "data set": str(self.dataset.annotation_file), "number of training images": len(self.dataset),
-                "batch size": self.cfg.batch_size}
+                "batch size": self.cfg.batch_size,
+                "categories": {str(k): v for k, v in sorted(self.dataset.categories.items())}}
 
     def identity_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any]:
         spec = ckpt["detector"]
         s = Structure.from_json(spec["structure"], source="checkpoint (structure)")
         return {"backbone": (s.rows, s.layers, s.scales), "number of classes": spec["num_classes"],
                 "data set": spec.get("data"), "number of training images": spec.get("train_images"),
-                "batch size": (spec.get("config") or {}).get("batch_size")}
+                "batch size": (spec.get("config") or {}).get("batch_size"), "categories": ckpt.get("categories")}
 
     def checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return {

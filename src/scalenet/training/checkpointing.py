@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, read_state_dict, save_weights
+from ..data import format_names
 from ..fileio import atomic_write, atomic_write_text
 from .distributed import DistContext
 
@@ -310,7 +311,9 @@ def check_same_run(path: Path, saved: Mapping[str, Any], current: Mapping[str, A
         old = saved.get(k)
         if old is not None and old != v:
             short = all(isinstance(x, (str, int, float)) and len(str(x)) <= 120 for x in (old, v))
-            differ.append(f"{k} ({old} there, {v} here)" if short else k)
+            names = all(isinstance(x, (list, tuple)) and all(isinstance(n, str) for n in x) for x in (old, v))
+            differ.append(f"{k} ({old} there, {v} here)" if short else
+                          f"{k} ({format_names(old)} there, {format_names(v)} here)" if names else k)
     if differ:
         raise ValueError(f"{path} holds a run with a different {' and '.join(differ)}; {advice}")
 
