@@ -42,11 +42,13 @@ test-kernels: venv data
 # $(FLOOR) (torch 2.6 with torchvision 0.21, timm 1.0.15, Pillow 9.3, NumPy 1.24, ...), without the
 # slow model-zoo checks. uv builds it from its cache (~/.cache/uv): PyPI has only CUDA builds of
 # older torch releases, about 3 GB to download the first time, seconds after that.
+# The pins have wheels for Python 3.10 and 3.11 only (NumPy 1.24 has none for 3.12).
 FLOOR_VENV := .venv-floor
 FLOOR := .ci/floor-constraints.txt
+FLOOR_PYTHON ?= 3.11
 $(FLOOR_VENV)/.installed: pyproject.toml $(FLOOR) | venv
 	rm -rf $(FLOOR_VENV)
-	$(VENV)/bin/uv venv --quiet --python $(PYTHON) $(FLOOR_VENV)
+	$(VENV)/bin/uv venv --quiet --python $(FLOOR_PYTHON) $(FLOOR_VENV)
 	$(VENV)/bin/uv pip install --quiet --python $(FLOOR_VENV) --constraint $(FLOOR) -e '.[dev]'
 	@touch $@
 test-floor: $(FLOOR_VENV)/.installed data

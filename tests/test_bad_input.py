@@ -248,7 +248,7 @@ def test_a_checkpoint_refuses_data_whose_class_names_differ_naming_both(tiny_run
     # resuming the run on the renamed data is refused too, naming both lists
     refused(capsys, ["train", "--model", tiny_run.parent / "t.json", "--data", other, "--epochs", "2",
                      "--batch-size", "8", "--out", tiny_run, "--resume", "--no-progress"],
-            "class names ([class_0, class_1, class_2] there, [x, y, z] here)")
+            "class names ([class_0, class_1, class_2] there, [x, y, z] here; label 0 is 'class_0' there and 'x' here)")
 
 
 def test_init_from_other_classes_starts_the_classifier_from_scratch(tiny_run, tmp_path, capsys):
@@ -263,7 +263,8 @@ def test_init_from_other_classes_starts_the_classifier_from_scratch(tiny_run, tm
         assert torch.equal(model.fc.weight, source["fc.weight"]) == kept
         assert torch.equal(model.layer1[0].conv1.weight, source["layer1.0.conv1.weight"])  # the rest loads
         note = capsys.readouterr().out
-        assert ("was trained on other classes" in note) == (not kept), note
+        assert (f"note: {ckpt} was trained on the classes [class_0, class_1, class_2], but this data has [x, y, z] "
+                "(label 0 is 'class_0' there and 'x' here); the classifier starts from scratch" in note) == (not kept), note
 
 
 def test_a_folder_with_epoch_records_but_no_checkpoint_is_not_overwritten(tmp_path, capsys):

@@ -68,11 +68,28 @@ def test_a_missing_extra_is_named_in_one_line(monkeypatch):
 
 def test_an_extra_that_does_not_load_is_named_too(monkeypatch, tmp_path):
     (tmp_path / "brokenext.py").write_text("raise OSError('libbroken.so: undefined symbol _ZN3c10')\n")
+    (tmp_path / "needsother.py").write_text("import not_a_module_anywhere\n")  # installed; its own import fails
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(compat.MissingExtra, match=r"^a test needs brokenext, which is installed but does not load "
-                                                  r"here \(libbroken.so: undefined symbol _ZN3c10\); install the "
-                                                  r"release that matches torch .+ with: pip install brokenext$"):
+    with pytest.raises(compat.MissingExtra) as e:
         compat.require("brokenext", "a test")
+    assert str(e.value) == ("a test needs brokenext, which is installed but does not load here "
+                            "(libbroken.so: undefined symbol _ZN3c10); reinstall it")
+    with pytest.raises(compat.MissingExtra, match="^a test needs needsother, which is installed but does not load "
+                                                  "here \\(No module named 'not_a_module_anywhere'\\); reinstall it$"):
+        compat.require("needsother", "a test")
+
+
+def test_a_torchcodec_without_image_decoders_is_refused_in_one_line(monkeypatch, tmp_path):
+    from types import ModuleType
+
+    from scalenet.data import check_decoder
+
+    old = ModuleType("torchcodec.decoders")  # TorchCodec before 0.16: video and audio only
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", old)
+    monkeypatch.setattr("scalenet.data.installed_version", lambda name: "0.3.0")
+    with pytest.raises(compat.MissingExtra, match=r"^--decode torchcodec needs torchcodec>=0.16, which decodes images "
+                                                  r"\(found 0.3.0, for torch .+\); .+: use --decode pil here$"):
+        check_decoder("torchcodec")
 
 
 def test_the_cli_names_the_export_extra(monkeypatch, tmp_path, capsys):
@@ -87,12 +104,32 @@ def test_the_cli_names_the_export_extra(monkeypatch, tmp_path, capsys):
     assert not out.exists()  # refused before the export
 
 
-@pytest.fixture(params=["installed", "timm 1.0.15"])
+@pytest.fixture(params=["installed", "timm 1.0.20", "timm 1.0.15"])
 def timm_path(request, monkeypatch):
-    """Each timm shim on the installed timm's API and on the older path it stands in for."""
+    """Each timm shim on the installed timm's API and on the older paths it stands in for."""
     if request.param != "installed":
-        monkeypatch.setattr(compat, "_timm_version", lambda: (1, 0, 15))
+        old = compat.version_tuple(request.param.split()[1])
+        if compat._timm_version() < old:
+            pytest.skip(f"the installed timm is older than {request.param}")
+        monkeypatch.setattr(compat, "_timm_version", lambda: old)
     return request.param
+
+
+def test_save_for_hf_records_the_preprocessing_on_every_path(timm_path, tmp_path):
+    import json
+
+    model = scalenet.create_model("scalenet50_light", num_classes=3)
+    data = {"input_size": (3, 96, 96), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.2), "crop_pct": 1.0,
+            "interpolation": "bilinear", "crop_mode": "center"}
+    own = dict(model.pretrained_cfg)
+    compat.save_for_hf(model, str(tmp_path / "hub"), model_config={"label_names": ["a", "b", "c"]},
+                       model_args={"structure": model.structure.to_json()}, data_config=data)
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    cfg = config["pretrained_cfg"]
+    assert [cfg[k] for k in ("input_size", "mean", "std", "crop_pct")] == [[3, 96, 96], [0.5, 0.4, 0.3], [0.2] * 3, 1.0]
+    assert config["label_names"] == ["a", "b", "c"] and config["model_args"]["structure"]["rows"]
+    assert (tmp_path / "hub" / "model.safetensors").is_file()
+    assert model.pretrained_cfg == own  # the model's own cfg is left as it was
 
 
 def test_create_classifier_builds_on_the_device_and_dtype_asked(timm_path):

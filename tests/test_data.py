@@ -81,6 +81,12 @@ def test_unknown_decoder_is_a_clear_error(folder):
         build_data(folder, decode="cv2")
 
 
+def test_a_decoder_for_a_data_set_that_is_not_decoded_is_refused():
+    with pytest.raises(ValueError, match="^--decode torchvision applies to image folders; fashion-mnist is read from its "
+                                         "IDX files, not decoded: drop --decode$"):
+        build_data("fashion-mnist", decode="torchvision")
+
+
 def test_torchcodec_missing_names_its_extra(folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # as if not installed: import fails
     with pytest.raises(ImportError, match=r"^--decode torchcodec needs torchcodec, which is not installed; "

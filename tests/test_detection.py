@@ -337,7 +337,7 @@ def test_cli_train_resume_and_eval_table(coco, structure_file, tmp_path, capsys)
     assert (f"{run / 'last.pt'} was trained on other categories than {other} names: {{3: 'green disc'}} there, "
             f"{{3: 'dog'}} here; evaluate on data with the categories it was trained on") in err
     code, out, err = run_cli(capsys, *_train_args((other, images), structure_file, run, "--epochs", "3", "--resume"))
-    assert code == 2 and "different data set" in err and "categories" in err, err
+    assert code == 2 and "different data set" in err and "categories (3: 'green disc' there, 'dog' here)" in err, err
 
 
 @pytest.mark.numerics

@@ -14,9 +14,10 @@ The allocation's parts (importances, budgets, selectors, rounding, combination) 
 Importing the package registers the ScaleNets with timm (``timm.create_model("scalenet50")``).
 """
 
-from .compat import check_floors
+from .compat import check_floors, check_import_order
 
 check_floors()  # before anything that an older torch or timm than the floors would break
+check_import_order()  # before torchvision and timm, which load Triton
 
 from .factory import create_model, list_models  # noqa: E402
 from .structure import Structure  # noqa: E402

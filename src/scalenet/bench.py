@@ -203,7 +203,7 @@ def _warm_up(runners: dict[str, Callable[[], None]], rows: dict[str, dict[str, A
             rows[name]["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
 
 
-ONNX_ROWS = "the onnxruntime rows (without them: --no-onnx)"
+ONNX_ROWS = "bench (its onnxruntime rows; skip them with --no-onnx)"
 
 
 def _onnx_runners(builders, rows, batch_size, image_size) -> dict[str, Callable[[], None]]:

@@ -943,10 +943,9 @@ def _close_process_group() -> None:
     interpreter shutdown, gloo's worker threads can abort the process ("terminate called without
     an active exception", pytorch/pytorch#190489). Only where every rank got here (success or
     an agreed stop): after one rank's error the others may still be inside a collective."""
-    import torch.distributed as dist
+    from .compat import destroy_process_group
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

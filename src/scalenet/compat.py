@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import re
 import sys
 from types import ModuleType
@@ -22,15 +23,19 @@ from torch import nn
 __all__ = [
     "FLOORS", "EXTRAS", "version_tuple", "installed_version", "unsupported", "MissingExtra", "require",
     "create_classifier", "param_groups_weight_decay", "save_for_hf", "raise_recompile_limit", "recompile_limit",
-    "timm_reads_local_dir", "check_floors",
+    "timm_reads_local_dir", "check_floors", "check_import_order", "destroy_process_group",
 ]
 
 #: The oldest release of each core dependency that the suite passes on (``pip`` checks the same
 #: floors from ``pyproject.toml``; these catch an install made with ``--no-deps``).
 FLOORS = {"torch": "2.6", "torchvision": "0.21", "timm": "1.0.15"}
 
-#: The extra that brings each optional module: ``pip install 'scalenet[EXTRA]'``.
-EXTRAS = {"onnx": "export", "onnxruntime": "export", "pycocotools": "detection", "torchcodec": "torchcodec"}
+#: The extra (or extras) that bring each optional module: ``pip install 'scalenet[EXTRA]'``.
+EXTRAS = {"onnx": "export", "onnxruntime": "export", "pycocotools": "detection", "torchcodec": "torchcodec",
+          "keras": ("tensorflow", "jax")}
+#: Optional packages whose native code is built for one torch release: what to do when they do not load.
+PAIRED_WITH_TORCH = {"torchcodec": "each TorchCodec release is built for one torch release (this is torch {torch}); "
+                                   "install the one that matches it"}
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -69,16 +74,21 @@ def require(module: str, purpose: str) -> ModuleType:
     """Imports the optional ``module`` for ``purpose`` ("ONNX export"), or raises
     :class:`MissingExtra` in one line naming the extra to install."""
     top = module.split(".")[0]
-    extra = EXTRAS.get(top)
-    how = f"pip install 'scalenet[{extra}]'" if extra else f"pip install {top}"
+    extras = EXTRAS.get(top, ())
+    extras = (extras,) if isinstance(extras, str) else extras
+    how = " or ".join(f"pip install 'scalenet[{e}]'" for e in extras) if extras else f"pip install {top}"
     try:
         return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtra(f"{purpose} needs {top}, which is not installed; install it with: {how}") from None
-    except Exception as e:  # installed, but built for another torch (TorchCodec's native library, say)
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise MissingExtra(f"{purpose} needs {top}, which is installed but does not load here ({reason}); "
-                           f"install the release that matches torch {_torch_version()} with: {how}") from None
+    except ImportError as e:
+        if e.name is not None and top == e.name.split(".")[0]:  # the package itself is absent
+            raise MissingExtra(f"{purpose} needs {top}, which is not installed; install it with: {how}") from None
+        problem = e
+    except Exception as e:  # installed, but broken here: built for another torch or NumPy, say
+        problem = e
+    reason = (str(problem).strip().splitlines() or [type(problem).__name__])[0]
+    advice = PAIRED_WITH_TORCH.get(top, "reinstall it")
+    raise MissingExtra(f"{purpose} needs {top}, which is installed but does not load here ({reason}); "
+                       f"{advice.format(torch=_torch_version())}") from None
 
 
 def _torch_version() -> str:
@@ -123,16 +133,19 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float, exclude_1d:
 
 def save_for_hf(model: nn.Module, directory: str, *, model_config: dict[str, Any], model_args: dict[str, Any],
                 data_config: dict[str, Any]) -> None:
-    """timm's ``save_for_hf`` (safetensors) with the preprocessing in ``data_config`` (timm 1.0.16
-    added ``data_config=`` and the export from ``timm.models``; before, the same keys go into the
-    saved ``pretrained_cfg`` through the model's own cfg)."""
-    if _timm_version() >= (1, 0, 16):
+    """timm's ``save_for_hf`` (safetensors) with the preprocessing in ``data_config`` (timm 1.0.31
+    added ``data_config=``; before, the same keys go into the saved ``pretrained_cfg`` through
+    the model's own cfg. timm 1.0.16 exports the function from ``timm.models``)."""
+    if _timm_version() >= (1, 0, 31):
         from timm.models import save_for_hf as timm_save
 
         timm_save(model, directory, model_config=model_config, model_args=model_args, safe_serialization=True,
                   data_config=data_config)
         return
-    from timm.models._hub import save_for_hf as timm_save  # timm < 1.0.16
+    if _timm_version() >= (1, 0, 16):
+        from timm.models import save_for_hf as timm_save
+    else:
+        from timm.models._hub import save_for_hf as timm_save
 
     own = model.pretrained_cfg
     model.pretrained_cfg = {**own, **data_config}
@@ -175,12 +188,34 @@ def raise_recompile_limit(at_least: int) -> None:
         config.accumulated_cache_size_limit = 4 * at_least
 
 
+def destroy_process_group() -> None:
+    """``torch.distributed.destroy_process_group()`` after a barrier, where a process group is up.
+    With torch 2.6 (not seen with 2.14) a rank could hang for good in it: the destructor of the
+    gloo group holds the GIL while joining its worker thread, which may still be freeing the last
+    collective's tensors and needs the GIL for that. The barrier is queued behind that work and
+    waited on without the GIL, so the worker is idle when the group is destroyed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _is_cli() -> bool:
     """Whether this process is the ``scalenet`` command (the console script or ``-m scalenet``)."""
     argv = getattr(sys, "orig_argv", sys.argv)
     script = sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] if sys.argv else ""
     return script in ("scalenet", "scalenet.exe") or any(
         a == "-m" and b == "scalenet" for a, b in zip(argv, argv[1:]))
+
+
+def check_import_order() -> None:
+    """Refuses, in one line, an import after TensorFlow where Triton is installed (CUDA builds of
+    torch bring it): both bundle LLVM, and Triton loaded after TensorFlow crashes the process
+    (a segmentation fault in torchvision's import, seen with TensorFlow 2.21 and torch 2.14)."""
+    if "tensorflow" in sys.modules and "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        raise ImportError("import scalenet (or torch and torchvision) before tensorflow or keras: TensorFlow and Triton "
+                          "both bundle LLVM, and Triton loaded after TensorFlow crashes the process")
 
 
 def check_floors() -> None:

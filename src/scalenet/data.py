@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 
-from .compat import require
+from .compat import MissingExtra, installed_version, require
 from .fileio import cache_root
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "BUILTIN",
     "SMALL_IMAGE",
     "class_mismatch",
+    "first_difference",
     "format_names",
 ]
 
@@ -219,7 +220,11 @@ def check_decoder(decode: str) -> None:
     if decode not in DECODERS:
         raise ValueError(f"--decode {decode!r} is not one of {', '.join(DECODERS)}")
     if decode == "torchcodec":
-        require("torchcodec.decoders", "--decode torchcodec")
+        decoders = require("torchcodec.decoders", "--decode torchcodec")
+        if not hasattr(decoders, "decode_image"):  # TorchCodec decodes images from 0.16
+            raise MissingExtra(f"--decode torchcodec needs torchcodec>=0.16, which decodes images (found "
+                               f"{installed_version('torchcodec')}, for torch {torch.__version__}); the releases "
+                               "with image decoders pair with newer torch: use --decode pil here")
 
 
 def _decode_to_tensor(path: str, decode: str, mode: str) -> torch.Tensor:
@@ -506,6 +511,9 @@ def build_data(
     ``decode`` chooses how image files are decoded (:data:`DECODERS`)."""
     check_decoder(decode)
     if str(data) == "fashion-mnist":
+        if decode != "pil":
+            raise ValueError(f"--decode {decode} applies to image folders; {data} is read from its IDX files, "
+                             "not decoded: drop --decode")
         return _fashion_mnist(image_size, train_subset, val_subset, seed)
     root = Path(data)
     if not root.exists():
@@ -548,18 +556,24 @@ def format_names(names: Sequence[str], most: int = 8) -> str:
     return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > most else ''}]"
 
 
+def first_difference(recorded: Sequence[str], classes: Sequence[str]) -> str:
+    """Where two class lists part: ``label 3 is 'cat' there and 'dog' here``."""
+    recorded, classes = [str(c) for c in recorded], [str(c) for c in classes]
+    n = min(len(recorded), len(classes))
+    first = next((i for i in range(n) if recorded[i] != classes[i]), n)
+    if first < n:
+        return f"label {first} is {recorded[first]!r} there and {classes[first]!r} here"
+    return f"{len(recorded)} classes there, {len(classes)} here"
+
+
 def class_mismatch(recorded: Sequence[str] | None, classes: Sequence[str], recorded_by: str, data: str) -> str | None:
     """Why a model that learned the classes ``recorded`` (in this order: label i is
     ``recorded[i]``) does not fit data whose labels are ``classes``, naming both lists and the
     first label that differs; None when they agree or nothing was recorded (older checkpoints)."""
-    if recorded is None or list(recorded) == list(classes):
+    if recorded is None or [str(c) for c in recorded] == [str(c) for c in classes]:
         return None
-    recorded, classes = [str(c) for c in recorded], [str(c) for c in classes]
-    first = next((i for i, (a, b) in enumerate(zip(recorded, classes)) if a != b), min(len(recorded), len(classes)))
-    where = (f"label {first} is {recorded[first]!r} there and {classes[first]!r} here" if first < min(len(recorded), len(classes))
-             else f"{len(recorded)} classes there, {len(classes)} here")
     return (f"{recorded_by} was trained on the classes {format_names(recorded)}, but {data} has {format_names(classes)} "
-            f"({where})")
+            f"({first_difference(recorded, classes)})")
 
 
 def _folder_samples(root: Path, val_fraction: float) -> tuple[list[str], list, list, list[str]]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, read_state_dict, save_weights
-from ..data import format_names
+from ..data import first_difference, format_names
 from ..fileio import atomic_write, atomic_write_text
 from .distributed import DistContext
 
@@ -303,6 +303,12 @@ def describe_position(ckpt: Mapping[str, Any]) -> str:
     return f"epoch {epoch + 1}, step {step}" if step else f"end of epoch {epoch}"
 
 
+def _entries_that_differ(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 6) -> str:
+    keys = [k for k in sorted({*old, *new}, key=str) if old.get(k) != new.get(k)]
+    shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in keys[:most])
+    return shown + (f"; ... ({len(keys)} differ)" if len(keys) > most else "")
+
+
 def check_same_run(path: Path, saved: Mapping[str, Any], current: Mapping[str, Any], advice: str) -> None:
     """Raises one line naming what differs between a checkpoint's run and this one (short scalar
     values are shown, e.g. the data set's name; entries an older checkpoint lacks are not compared)."""
@@ -312,8 +318,10 @@ def check_same_run(path: Path, saved: Mapping[str, Any], current: Mapping[str, A
         if old is not None and old != v:
             short = all(isinstance(x, (str, int, float)) and len(str(x)) <= 120 for x in (old, v))
             names = all(isinstance(x, (list, tuple)) and all(isinstance(n, str) for n in x) for x in (old, v))
+            table = all(isinstance(x, Mapping) for x in (old, v))
             differ.append(f"{k} ({old} there, {v} here)" if short else
-                          f"{k} ({format_names(old)} there, {format_names(v)} here)" if names else k)
+                          f"{k} ({format_names(old)} there, {format_names(v)} here; {first_difference(old, v)})" if names
+                          else f"{k} ({_entries_that_differ(old, v)})" if table else k)
     if differ:
         raise ValueError(f"{path} holds a run with a different {' and '.join(differ)}; {advice}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -272,16 +273,16 @@ def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, anno
         else checkpoint_filter_fn
     reset = load_init(model, path, filter_fn=filter_fn)
     if reset and announce:
-        why = (f"was trained on other classes ({class_mismatch(recorded, classes, 'it', 'this data')})" if other
-               else f"its classifier does not fit {num_classes} classes")
-        print(f"note: {path}: {why}; the classifier starts from scratch", flush=True)
+        why = (class_mismatch(recorded, classes, str(path), "this data") if other
+               else f"{path}: its classifier does not fit {num_classes} classes")
+        print(f"note: {why}; the classifier starts from scratch", flush=True)
 
 
 def _recorded_classes(path: str | os.PathLike) -> list[str] | None:
     """The class names a training checkpoint records; None for plain weight files."""
     if Path(path).suffix == ".safetensors":
         return None
-    ckpt = read_state_dict(path, mmap=True)
+    ckpt = read_state_dict(path, mmap=zipfile.is_zipfile(path))  # older files (not zip) cannot be mapped
     classes = ckpt.get("classes") if ckpt.get("format") == CHECKPOINT_FORMAT else None
     return list(classes) if isinstance(classes, (list, tuple)) else None
 
