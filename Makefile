@@ -12,7 +12,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,torchcodec]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,torchcodec,tensorflow,jax]'
 	@touch $(STAMP)
 
 # Fashion-MNIST from Debian (IDX files in $(FASHION_MNIST)). Without apt-get or root, the

@@ -654,7 +654,13 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     target.add_argument("--hub", default=None, metavar="DIR",
                         help="write a Hugging Face Hub folder: config.json, model.safetensors, README.md (timm loads it "
                              "as local-dir:DIR)")
-    _force_argument(p, "the ONNX file or the Hub folder")
+    target.add_argument("--keras", default=None, metavar="out.keras",
+                        help="write a Keras 3 model (NHWC), reloaded and checked against PyTorch (scalenet[tensorflow] "
+                             "or scalenet[jax])")
+    target.add_argument("--saved-model", default=None, metavar="DIR",
+                        help="write a TensorFlow SavedModel for serving (NHWC, any batch), loaded back and checked "
+                             "against PyTorch (scalenet[tensorflow])")
+    _force_argument(p, "the ONNX file, the Keras file or the SavedModel or Hub folder")
     p.add_argument("--fused", action="store_true", help="ONNX: export the BN-folded inference model")
     p.add_argument("--image-size", type=_positive_int, default=None, help="default: the structure's own")
     p.add_argument("--num-classes", type=_positive_int, default=None, help="default 1000")
@@ -680,24 +686,54 @@ def _is_training_checkpoint(path: str | None) -> bool:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_checked
     from .factory import create_model, resolve_structure
-    from .fileio import check_output_file
     from .fuse import fuse
 
     if args.hub is not None:
         return _export_hub(args)
     _refuse_given(args, ["license"], "without --hub (it is the model card's)")
+    flag = "--onnx" if args.onnx else "--keras" if args.keras else "--saved-model"
     if args.model is None:
-        raise ValueError("--onnx needs --model NAME|structure.json")
+        raise ValueError(f"{flag} needs --model NAME|structure.json")
+    if flag != "--onnx":
+        _refuse_given(args, ["fused"], f"with {flag} (the Keras model is the trainable one; BN folds nothing there)")
     structure = resolve_structure(args.model, layers=args.layers)
     image_size = args.image_size or structure.image_size
     structure.check_input(image_size)
-    out = check_output_file(args.onnx, "--onnx", "model.onnx", force=args.force)
+    out = _export_output(args, flag)
     in_chans = args.in_chans or 3
     model = create_model(structure, num_classes=args.num_classes or 1000, in_chans=in_chans, checkpoint=args.checkpoint)
-    diff = export_checked(fuse(model) if args.fused else model.eval(), out, image_size, in_chans)
-    print(f"{out}: opset 17, dynamic batch, {'fused, ' if args.fused else ''}onnxruntime vs PyTorch max relative "
-          f"difference {diff:.1e}")
+    if flag == "--onnx":
+        diff = export_checked(fuse(model) if args.fused else model.eval(), out, image_size, in_chans)
+        print(f"{out}: opset 17, dynamic batch, {'fused, ' if args.fused else ''}onnxruntime vs PyTorch max relative "
+              f"difference {diff:.1e}")
+        return 0
+    from .keras.export import export_keras, export_saved_model  # optional: Keras and a backend
+
+    export = export_keras if flag == "--keras" else export_saved_model
+    diff = export(model.eval(), out, image_size, in_chans)
+    what = "Keras 3 model, reloaded" if flag == "--keras" else "TensorFlow SavedModel (serve), loaded back"
+    print(f"{out}: {what}; {image_size} px NHWC input, max relative difference from PyTorch {diff:.1e}")
     return 0
+
+
+def _export_output(args: argparse.Namespace, flag: str) -> Path:
+    """The export's output, checked before any work: a file for --onnx and --keras (which must
+    end in .keras), a folder for --saved-model; an existing one only with --force."""
+    from .fileio import check_output_file, check_writable_dir
+
+    if flag == "--onnx":
+        return check_output_file(args.onnx, "--onnx", "model.onnx", force=args.force)
+    if flag == "--keras":
+        if Path(args.keras).suffix != ".keras":
+            raise ValueError(f"--keras {args.keras}: Keras writes .keras files; give a name such as model.keras")
+        return check_output_file(args.keras, "--keras", "model.keras", force=args.force)
+    out = Path(args.saved_model)
+    check_writable_dir(out.parent)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"--saved-model {out} exists; choose another folder or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--saved-model {out} is a file; give a folder name")
+    return out
 
 
 def _export_hub(args: argparse.Namespace) -> int:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "check_writable_dir", "check_output_file", "check_output_files",
+           "replace_directory",
            "read_json"]
 
 
@@ -63,6 +65,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def replace_directory(new: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """The folder ``new`` renamed to ``out`` (same file system); an existing ``out`` is moved
+    aside first and removed after, so ``out`` is never a mix of the two."""
+    new, out = Path(new), Path(out)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out", example: str = "out.json", *,

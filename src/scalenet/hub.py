@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from .compat import save_for_hf
+from .fileio import replace_directory
 from .structure import Structure, published_names
 
 __all__ = [
@@ -151,19 +152,10 @@ def save_hub(model: nn.Module, directory: str | os.PathLike, *, classes: Sequenc
         save_for_hf(model.eval(), str(tmp), model_config=model_config, model_args={"structure": structure.to_json()},
                     data_config=data_config)
         (tmp / CARD).write_text(model_card(structure, model.num_classes, model.in_chans, image_size, card))
-        _replace(tmp, out)
+        replace_directory(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _replace(new: Path, out: Path) -> None:
-    """``new`` renamed to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def model_card(structure: Structure, num_classes: int, in_chans: int, image_size: int, card: HubCard) -> str:
