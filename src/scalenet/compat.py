@@ -168,24 +168,27 @@ def _dynamo_config() -> Any:
     return torch._dynamo.config
 
 
+def _limit_names(config: Any) -> tuple[str, str]:
+    """dynamo's recompile limit and its accumulated twin: ``recompile_limit`` and
+    ``accumulated_recompile_limit`` from torch 2.7, ``cache_size_limit`` and
+    ``accumulated_cache_size_limit`` before."""
+    if hasattr(config, "recompile_limit"):
+        return "recompile_limit", "accumulated_recompile_limit"
+    return "cache_size_limit", "accumulated_cache_size_limit"
+
+
 def recompile_limit() -> int:
-    """dynamo's limit on recompilations of one code object (``recompile_limit`` from torch 2.7,
-    ``cache_size_limit`` before)."""
+    """dynamo's limit on recompilations of one code object."""
     config = _dynamo_config()
-    return getattr(config, "recompile_limit") if hasattr(config, "recompile_limit") else config.cache_size_limit
+    return getattr(config, _limit_names(config)[0])
 
 
 def raise_recompile_limit(at_least: int) -> None:
     """Raises dynamo's recompile limits to ``at_least`` (and the accumulated one to 4x that)."""
     config = _dynamo_config()
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
-    if getattr(config, name) < at_least:
-        setattr(config, name, at_least)
-    if hasattr(config, "accumulated_recompile_limit"):  # torch < 2.7: accumulated_cache_size_limit
-        if config.accumulated_recompile_limit < 4 * at_least:
-            config.accumulated_recompile_limit = 4 * at_least
-    elif getattr(config, "accumulated_cache_size_limit", 4 * at_least) < 4 * at_least:
-        config.accumulated_cache_size_limit = 4 * at_least
+    for name, limit in zip(_limit_names(config), (at_least, 4 * at_least)):
+        if hasattr(config, name) and getattr(config, name) < limit:
+            setattr(config, name, limit)
 
 
 def destroy_process_group() -> None:

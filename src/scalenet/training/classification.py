@@ -267,14 +267,13 @@ def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, anno
         raise FileNotFoundError(f"--init: weights not found: {path}")
     if recorded is None and classes is not None:
         recorded = _recorded_classes(path)
-    other = classes is not None and class_mismatch(recorded, classes, str(path), "this data") is not None
+    other = class_mismatch(recorded, classes, str(path), "this data") if classes is not None else None
     head = ("fc.weight", "fc.bias")
     filter_fn = (lambda s: {k: v for k, v in checkpoint_filter_fn(s).items() if k not in head}) if other \
         else checkpoint_filter_fn
     reset = load_init(model, path, filter_fn=filter_fn)
     if reset and announce:
-        why = (class_mismatch(recorded, classes, str(path), "this data") if other
-               else f"{path}: its classifier does not fit {num_classes} classes")
+        why = other or f"{path}: its classifier does not fit {num_classes} classes"
         print(f"note: {why}; the classifier starts from scratch", flush=True)
 
 
