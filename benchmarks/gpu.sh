@@ -42,3 +42,10 @@ PY
 # the seed network of the ImageNet layout against ResNet-50 on the GPU: step time and batch-64 memory
 python benchmarks/seed_cost.py --device cuda --batch-size 64 --repeats 10 --out-dir "$out"
 python benchmarks/seed_cost.py --device cuda --batch-size 64 --repeats 10 --amp --out-dir "$out"
+# issue 30: the release's speed test in TensorFlow on the GPU (tf.function with and without XLA, batch 16 and 1).
+# The device image has no TensorFlow; where one with GPU support is installed this runs, else it says why not.
+if python -c "import tensorflow as tf, sys; sys.exit(0 if tf.config.list_physical_devices('GPU') else 1)" 2>/dev/null; then
+  python benchmarks/tf_speed.py --device gpu --out-dir "$out" --repeats 30 --repeats-b1 50 | tee "$out/tf-speed-gpu.txt"
+else
+  echo "tf_speed: skipped, no TensorFlow with a GPU here (pip install 'tensorflow[and-cuda]')" | tee "$out/tf-speed-gpu.txt"
+fi
