@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-kernels test-floor check-python timm-tests venv data clean
+.PHONY: demo test test-kernels test-floor check-python timm-tests docs venv data clean
 
 venv: $(STAMP)
 
@@ -72,6 +72,16 @@ timm-tests: venv
 	cd $(TIMM_TESTS)/timm-*/tests && echo "import scalenet  # noqa: F401" >> conftest.py && \
 		sed -i "s/^FEAT_INTER_FILTERS = \[/FEAT_INTER_FILTERS = ['scalenet', /" test_models.py && \
 		$(abspath $(PY)) -m pytest test_models.py -k scalenet -q -p no:cacheprovider
+
+# The documentation site from docs/ into site/ (MkDocs, mkdocstrings). --strict: a broken link,
+# a missing anchor or an unresolved API reference fails the build. The command-line reference is
+# generated from the parser at build time (tools/mkdocs_hooks.py).
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): pyproject.toml | venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	@touch $@
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The whole pipeline on Fashion-MNIST (about 15 minutes on 2 CPU cores): report in runs/demo/report.md
 demo: venv data
