@@ -358,8 +358,8 @@ def test_a_budget_bound_once_answers_for_every_selector(seed):
 def test_the_settings_records_round_trip_through_json_and_old_sidecars_load():
     from scalenet.allocation import SeedSettings
 
-    training = SeedSettings("fashion-mnist", 28, 10, 1, (1, 1, 1), (1, 2, 4, 7), (4, 8, 16), sparsity=1e-4, seed_epochs=2,
-                            seed=3, repeats=4)
+    training = SeedSettings(data="fashion-mnist", image_size=28, num_classes=10, in_chans=1, layers=(1, 1, 1),
+                            scales=(1, 2, 4, 7), seed_width=(4, 8, 16), sparsity=1e-4, seed_epochs=2, seed=3, repeats=4)
     assert SeedSettings.from_json(json.loads(json.dumps(training.to_json()))) == training
     selection = Selection(scope="global", alpha=0.5, combine="union", multiple_of=8)
     assert Selection.from_json(json.loads(json.dumps(selection.to_json()))) == selection
@@ -372,6 +372,7 @@ def test_the_settings_records_round_trip_through_json_and_old_sidecars_load():
     old = json.loads((results / "demo-quick-cpu" / "scalenet.scores.json").read_text())["settings"]
     assert "importance_alpha" not in old and old["scope"] == "block"
     runs, seed, back = load_runs(results / "demo-quick-cpu" / "scalenet.scores.json")
-    assert back == SeedSettings("fashion-mnist", 28, 10, 1, (1, 1, 1), (1, 2, 4, 7), None, "BNScale", "max", 0.0, 0.0, 1,
-                                0, 16)
+    assert back == SeedSettings(data="fashion-mnist", image_size=28, num_classes=10, in_chans=1, layers=(1, 1, 1),
+                                scales=(1, 2, 4, 7), seed_width=None, importance="BNScale", normalizer="max",
+                                importance_alpha=0.0, sparsity=0.0, seed_epochs=1, seed=0, repeats=16)
     assert len(runs) == 16 and seed.layers == (1, 1, 1)

@@ -33,8 +33,8 @@ from test_latency_budget import COSTS, fake_model, here, random_scores, seed  # 
 
 @pytest.fixture
 def sidecar(tmp_path, seed):  # noqa: F811
-    runs = [SeedRun(s, random_scores(seed, s), seed) for s in (0, 1)]
-    settings = SeedSettings("fake", 32, 10, 3)
+    runs = [SeedRun(seed=s, scores=random_scores(seed, s), structure=seed) for s in (0, 1)]
+    settings = SeedSettings(data="fake", image_size=32, num_classes=10, in_chans=3)
     select_runs(runs, seed, WidthBudget(1.0), settings).save(tmp_path / "first.json")
     return tmp_path / "first.scores.json"
 
@@ -296,16 +296,16 @@ def test_allocate_refuses_to_overwrite_any_of_its_three_files_before_the_work(tm
 
 def test_export_latency_model_and_bench_refuse_existing_outputs_before_the_work(tmp_path, capsys, monkeypatch):
     import scalenet.bench
-    import scalenet.latency
+    import scalenet.cli.models
 
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"mine")
     refused(capsys, ["export", "--model", "scalenet50_light", "--onnx", onnx], "m.onnx exists; pass --force")
     model = tmp_path / "cpu.json"
     model.write_text("{}")
-    monkeypatch.setattr(scalenet.latency, "measure_latency_model", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(scalenet.cli.models, "measure_latency_model", lambda *a, **k: pytest.fail("measured"))
     refused(capsys, ["latency-model", "--out", model], "cpu.json exists; pass --force")
-    monkeypatch.setattr(scalenet.bench, "run_bench", lambda *a, **k: pytest.fail("timed"))
+    monkeypatch.setattr(scalenet.cli.models, "run_bench", lambda *a, **k: pytest.fail("timed"))
     js, _ = scalenet.bench.result_paths(tmp_path, scalenet.bench.device_name(torch.device("cpu")), "inference", 16,
                                         False, False, None)
     js.write_text("{}")
@@ -350,17 +350,15 @@ def test_eval_on_data_of_other_classes_and_channels_says_so(tiny_run, capsys):
 
 
 def test_a_damaged_run_of_a_study_names_the_one_directory_to_delete(tmp_path, monkeypatch):
-    import scalenet.training
+    import scalenet.study.runner
     from scalenet.training import NoCheckpointLeft
     from scalenet.study import StudyConfig, train_run
 
     def damaged(*a, **k):
         raise NoCheckpointLeft(tmp_path / "x", ["last.pt is cut off or damaged (unreadable)"])
 
-    import scalenet.data
-
-    monkeypatch.setattr(scalenet.training, "train", damaged)
-    monkeypatch.setattr(scalenet.data, "build_data", lambda *a, **k: None)
+    monkeypatch.setattr(scalenet.study.runner, "train", damaged)
+    monkeypatch.setattr(scalenet.study.runner, "build_data", lambda *a, **k: None)
     structure = Structure.from_channels([[4, 2, 2, 0]], (1,), stem="small", width=8, image_size=28)
     payload = {"config": {**StudyConfig(data="fashion-mnist").settings(), "arms": ["learned"]}, "out": str(tmp_path),
                "arm": "learned", "seed": 0, "structure": structure.to_json()}

@@ -149,3 +149,11 @@ def test_param_groups_decay_one_d_tensors_only_when_asked(timm_path):
     assert ids(groups, 1e-4) == matrices and ids(groups, 0.0) == one_d
     groups = compat.param_groups_weight_decay(model, 1e-4, exclude_1d=False)
     assert ids(groups, 1e-4) == matrices | one_d and not ids(groups, 0.0)
+
+
+def test_the_package_version_is_the_installed_distributions():
+    import importlib.metadata
+
+    import scalenet
+
+    assert scalenet.__version__ == importlib.metadata.version("scalenet")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import scalenet.timing
+import scalenet.latency
 from scalenet import Structure
 from scalenet.cli import main
 from scalenet.latency import LatencyModel, LatencySettings, StageCost, _fit, current_settings, measure_latency_model
@@ -75,7 +75,7 @@ def _fake_timer(costs, whole_ms):
 def test_measuring_fits_every_stage_and_calibrates_the_rest_on_the_reference(monkeypatch):
     reference = _structure()
     expected_blocks = sum(TRUE[s.stage].block_ms(s.channels) for s in reference.blocks())
-    monkeypatch.setattr(scalenet.timing, "interleaved", _fake_timer(TRUE, {"reference": expected_blocks + 7.5}))
+    monkeypatch.setattr(scalenet.latency, "interleaved", _fake_timer(TRUE, {"reference": expected_blocks + 7.5}))
     model = measure_latency_model(reference, SETTINGS, configs=12, repeats=2, progress=False)
     for got, true in zip(model.stages, TRUE):
         assert got.base == pytest.approx(true.base, abs=1e-6)

@@ -103,9 +103,10 @@ def test_alpha_weighs_the_scores_by_milliseconds(seed):
     flat = [BlockScores(s.name, [[1.0] * c for c in s.channels], seed.neuron_macs(s)) for s in seed.blocks()]
     model = fake_model()
     target = LatencyCost(model, seed).lowest + 15.0  # room for the cheap branches' fixed costs
-    runs = [SeedRun(0, flat, seed)]
-    plain = select_runs(runs, seed, LatencyBudget(target, model), SeedSettings("fake", 32, 10, 3)).structure
-    cheap = select_runs(runs, seed, LatencyBudget(target, model), SeedSettings("fake", 32, 10, 3),
+    runs = [SeedRun(seed=0, scores=flat, structure=seed)]
+    fake = SeedSettings(data="fake", image_size=32, num_classes=10, in_chans=3)
+    plain = select_runs(runs, seed, LatencyBudget(target, model), fake).structure
+    cheap = select_runs(runs, seed, LatencyBudget(target, model), fake,
                         Selection(alpha=1.0)).structure
     # equal scores: ties go to the finer scale; weighed by ms, the cheapest neuron per stage fills
     # its branch first (x4 in stage 1, x7 in stage 2, x4 in stage 3)
@@ -179,8 +180,8 @@ def test_latency_refusals(seed):
 @pytest.fixture
 def sidecar(tmp_path, seed):
     """An allocation's files as scalenet allocate writes them, from two fake seed runs."""
-    runs = [SeedRun(s, random_scores(seed, s), seed) for s in (0, 1)]
-    settings = SeedSettings("fake", 32, 10, 3)
+    runs = [SeedRun(seed=s, scores=random_scores(seed, s), structure=seed) for s in (0, 1)]
+    settings = SeedSettings(data="fake", image_size=32, num_classes=10, in_chans=3)
     result = select_runs(runs, seed, WidthBudget(1.0), settings)
     result.save(tmp_path / "first.json")
     return tmp_path / "first.scores.json"

@@ -10,11 +10,13 @@ import time
 import pytest
 
 import scalenet.study as study
+import scalenet.study.runner as runner
 from scalenet import Structure
 from scalenet.checkpoint import read_state_dict
 from scalenet.allocation import seed_structure, stage_summary
 from scalenet.cli import main
-from scalenet.study import ARMS, StudyConfig, arm_structure, paired_interval, run_study, t_quantile
+from scalenet.stats import paired_interval, t_quantile
+from scalenet.study import ARMS, StudyConfig, arm_structure, run_study
 
 from helpers import make_image_folder, torchrun
 
@@ -74,8 +76,8 @@ def test_study_resumes_after_a_kill_without_retraining_finished_runs(tmp_path, m
     assert 2 <= len(finished) < 10 and not (out / "study.json").exists()
 
     calls = []
-    real = study.train_run
-    monkeypatch.setattr(study, "train_run", lambda p: calls.append((p["arm"], p["seed"])) or real(p))
+    real = runner.train_run
+    monkeypatch.setattr(runner, "train_run", lambda p: calls.append((p["arm"], p["seed"])) or real(p))
     assert main(args) == 0
     assert len(calls) == 10 - len(finished)
     assert not {f"{a}-seed{s}.json" for a, s in calls} & set(finished)
@@ -122,7 +124,7 @@ def _fake_latency(tmp_path, monkeypatch, error):
     prediction times ``error(name, structure, round)``, so the cost model is wrong by arm."""
     import dataclasses
 
-    import scalenet.latency
+    import scalenet.study.latency
     from scalenet.latency import LatencyModel, StageCost, current_settings
 
     settings = dataclasses.replace(current_settings("cpu", 2, 4, 16))
@@ -136,7 +138,7 @@ def _fake_latency(tmp_path, monkeypatch, error):
         timed.append(dict(structures))
         return {k: error(k, s, len(timed)) * model.predict(s) for k, s in structures.items()}
 
-    monkeypatch.setattr(scalenet.latency, "time_networks", fake_timer)
+    monkeypatch.setattr(scalenet.study.latency, "time_networks", fake_timer)
     return model, settings, timed
 
 

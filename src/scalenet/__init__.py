@@ -26,4 +26,4 @@ from .allocation import allocate  # noqa: E402
 from .fuse import fuse  # noqa: E402
 
 __all__ = ["create_model", "list_models", "Structure", "allocate", "fuse"]
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402

@@ -15,14 +15,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import timm
 import torch
+import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .compat import require
 from .devices import device_name, device_slug  # noqa: F401 (re-exported: scalenet.bench names them)
 from .factory import create_model
-from .fileio import atomic_write_text
+from .export import export_onnx
+from .fileio import atomic_write_text, check_output_files
 from .fuse import fuse
 from .timing import interleaved, summarize
 
@@ -38,9 +41,6 @@ def _fold_bn(model: nn.Module) -> nn.Module:
 def peer_models(train: bool = False) -> dict[str, Callable[[], nn.Module]]:
     """Builders for the paper's table. Inference uses fused ScaleNets (and a BN-folded ResNet-50
     for a like-for-like row); training uses the plain, trainable models."""
-    import timm
-    import torchvision
-
     peers: dict[str, Callable[[], nn.Module]] = {
         "resnet50": lambda: torchvision.models.resnet50(),
         "seresnet50": lambda: timm.create_model("seresnet50"),
@@ -209,8 +209,6 @@ ONNX_ROWS = "bench (its onnxruntime rows; skip them with --no-onnx)"
 def _onnx_runners(builders, rows, batch_size, image_size) -> dict[str, Callable[[], None]]:
     ort = require("onnxruntime", ONNX_ROWS)
 
-    from .export import export_onnx
-
     out: dict[str, Callable[[], None]] = {}
     x = torch.randn(batch_size, 3, image_size, image_size).numpy()
     tmp = Path(tempfile.mkdtemp(prefix="scalenet-bench-"))
@@ -272,8 +270,6 @@ def check_results_free(out_dir: str | Path, *, device: str, train: bool, batch_s
                        cuda_graphs: bool, precision: str | None, force: bool,
                        models: list[str] | None = None) -> None:
     """Refuses (one line, before anything is timed) results that would overwrite earlier ones."""
-    from .fileio import check_output_files
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file; choose a directory")

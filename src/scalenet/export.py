@@ -6,15 +6,20 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .compat import require
-from .fileio import atomic_write
+from .factory import create_model, resolve_structure
+from .fileio import atomic_write, check_output_dir
+from .hub import card_for_published, card_from_checkpoint, save_hub
+from .structure import Structure
+from .training import model_from_checkpoint
 
-__all__ = ["export_onnx", "check_onnx", "export_checked"]
+__all__ = ["export_onnx", "check_onnx", "export_checked", "export_hub"]
 
 OPSET = 17
 
@@ -60,3 +65,29 @@ def export_checked(model: nn.Module, path: str | os.PathLike, image_size: int, i
         path.unlink()
         raise ValueError(f"onnxruntime output differs from PyTorch by {diff:.2e} relative (limit {limit:g}); {path} removed")
     return diff
+
+
+def export_hub(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
+               model: str | os.PathLike | Structure | None = None, image_size: int | None = None,
+               num_classes: int = 1000, in_chans: int = 3, layers: Sequence[int] | None = None,
+               license: str | None = None, force: bool = False) -> Path:
+    """``scalenet export --hub``: a ``scalenet train`` checkpoint (``model`` None: the checkpoint
+    holds the structure, classes, preprocessing and metrics), or a published name or structure
+    (``model``) with its weight file (``checkpoint``, or random init), as a Hub-layout folder."""
+    out = check_output_dir(directory, "--hub", force)
+    if model is None:
+        if checkpoint is None:
+            raise ValueError("give a scalenet train checkpoint, or a model name or structure with its weights")
+        net, ckpt = model_from_checkpoint(checkpoint)
+        card = card_from_checkpoint(ckpt, str(checkpoint))
+        classes, mean, std, size = ckpt.get("classes"), ckpt["mean"], ckpt["std"], ckpt["image_size"]
+    else:
+        structure = resolve_structure(model, layers=layers)
+        net = create_model(structure, num_classes=num_classes, in_chans=in_chans, checkpoint=checkpoint)
+        card = card_for_published(structure, str(checkpoint) if checkpoint is not None else None)
+        classes, mean, std, size = None, net.pretrained_cfg["mean"], net.pretrained_cfg["std"], structure.image_size
+    size = image_size or size
+    net.structure.check_input(size)
+    if license:
+        card.license = license
+    return save_hub(net, out, classes=classes, mean=mean, std=std, image_size=size, card=card, force=force)

@@ -9,10 +9,11 @@ from typing import Any, Sequence
 from torch import nn
 
 from .checkpoint import load_weights
+from .hub import WEIGHTS, hub_folder, is_hub, read_hub_config
 from .models.scalenet import _create_scalenet, checkpoint_filter_fn
 from .structure import Structure, published_names
 
-__all__ = ["create_model", "list_models", "resolve_structure"]
+__all__ = ["create_model", "list_models", "resolve_structure", "load_hub"]
 
 
 def list_models() -> list[str]:
@@ -62,8 +63,6 @@ def create_model(
         **kwargs: passed to :class:`~scalenet.models.ScaleNet` (``drop_rate``,
             ``global_pool``) or timm's builder (``features_only``, ``out_indices``).
     """
-    from .hub import is_hub, load_hub
-
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", None)
     if is_hub(name_or_structure):  # a Hub-layout folder: its structure, classes and weights
@@ -87,3 +86,30 @@ def create_model(
         model = FeatureListNet(model, out_indices=indices)
         model.pretrained_cfg = model.default_cfg = cfg
     return model
+
+
+def load_hub(spec: str, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a Hub-layout folder with its weights, and what a training checkpoint would
+    say about it (``num_classes``, ``in_chans``, ``image_size``, ``classes``, ``mean``, ``std``,
+    ``crop_pct``, ``interpolation``). ``kwargs`` go to :func:`scalenet.create_model`
+    (``drop_rate``, ``global_pool``); ``scalenet.create_model("local-dir:DIR", features_only=True)``
+    wraps the loaded model as it wraps any other."""
+    folder = hub_folder(spec)
+    config, structure = read_hub_config(folder, spec)
+    args, cfg = config["model_args"], dict(config.get("pretrained_cfg") or {})
+    num_classes, in_chans = int(config.get("num_classes", args.get("num_classes", 1000))), int(args.get("in_chans", 3))
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{spec}: no {WEIGHTS} in {folder}")
+    model = create_model(structure, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    load_weights(model, folder / WEIGHTS, filter_fn=checkpoint_filter_fn)
+    model.pretrained_cfg = {**model.pretrained_cfg, **cfg, "source": "local-dir", "file": str(folder)}
+    labels = config.get("label_names")
+    info = {
+        "num_classes": num_classes, "in_chans": in_chans,
+        "image_size": int((cfg.get("input_size") or (in_chans, structure.image_size, structure.image_size))[-1]),
+        "classes": list(labels) if isinstance(labels, (list, tuple)) else None,
+        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))), "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+        "crop_pct": cfg.get("crop_pct"), "interpolation": cfg.get("interpolation"), "structure": structure.to_json(),
+        "config": config,
+    }
+    return model, info

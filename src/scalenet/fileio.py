@@ -112,3 +112,15 @@ def read_json(path: str | os.PathLike, what: str, expected: str) -> object:
         raise ValueError(f"{p}: not a text file; expected {expected}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); expected {expected}") from None
+
+
+def check_output_dir(path: str | os.PathLike, option: str, force: bool = False) -> Path:
+    """An output folder, checked before any work: its parent writable, and no file or folder of
+    that name unless ``force`` (a folder is then replaced when the output is written)."""
+    out = Path(path)
+    check_writable_dir(out.parent)
+    if out.exists() and not force:
+        raise FileExistsError(f"{option} {out} exists; choose another folder or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file; give a folder name")
+    return out

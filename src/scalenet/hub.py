@@ -8,9 +8,11 @@ and a model card ``README.md`` with the Hub's YAML front matter. After ``import 
 learned (architecture ``scalenet_structure``), and loads its weights; ``hf-hub:USER/REPO``
 does the same once the folder is uploaded (``timm.models.push_to_hf_hub``).
 
-Our own entry points (:func:`scalenet.create_model`, ``predict``, ``eval``, ``train --init``)
-read the same folders through :func:`load_hub`, which checks them first and says in one line
-what is wrong.
+This module holds the format (reading a folder's config, writing a folder, the model card) and
+depends on neither the factory nor training. Our own entry points (:func:`scalenet.create_model`,
+``predict``, ``eval``, ``train --init``) read the folders through
+:func:`scalenet.factory.load_hub`, which checks them first and says in one line what is wrong;
+:func:`scalenet.export.export_hub` writes them (``scalenet export --hub``).
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from huggingface_hub import snapshot_download
 from torch import nn
 
 from .compat import save_for_hf
-from .fileio import replace_directory
+from .fileio import check_output_dir, read_json, replace_directory
+from .report import format_stage_summary
 from .structure import Structure, published_names
+from .version import __version__
 
 __all__ = [
-    "HUB_SCHEMES", "HubCard", "is_hub", "hub_folder", "read_hub_config", "load_hub", "save_hub", "export_hub",
-    "model_card",
+    "HUB_SCHEMES", "CONFIG", "WEIGHTS", "CARD", "HubCard", "is_hub", "hub_folder", "read_hub_config", "save_hub",
+    "model_card", "card_from_checkpoint", "card_for_published",
 ]
 
 #: Model names that point at a Hub-layout folder rather than a structure.
@@ -51,7 +56,6 @@ def hub_folder(spec: str) -> Path:
         if not folder.is_dir():
             raise FileNotFoundError(f"{spec}: no such folder; give a folder written by scalenet export --hub")
         return folder
-    from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(where, allow_patterns=[CONFIG, WEIGHTS, CARD]))
@@ -64,8 +68,6 @@ def hub_folder(spec: str) -> Path:
 def read_hub_config(folder: Path, spec: str | None = None) -> tuple[dict[str, Any], Structure]:
     """``config.json`` of a Hub-layout folder and the structure its ``model_args`` hold; a missing
     file or a malformed structure is one line naming the folder."""
-    from .fileio import read_json
-
     name = spec or f"local-dir:{folder}"
     if not (folder / CONFIG).is_file():
         raise FileNotFoundError(f"{name}: no {CONFIG} in {folder}; a Hub-layout folder holds {CONFIG} and {WEIGHTS} "
@@ -77,37 +79,6 @@ def read_hub_config(folder: Path, spec: str | None = None) -> tuple[dict[str, An
                          "scalenet export --hub")
     structure = Structure.from_json(args["structure"], source=f"{folder / CONFIG} (model_args.structure)")
     return config, structure
-
-
-def load_hub(spec: str, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a Hub-layout folder with its weights, and what a training checkpoint would
-    say about it (``num_classes``, ``in_chans``, ``image_size``, ``classes``, ``mean``, ``std``,
-    ``crop_pct``, ``interpolation``). ``kwargs`` go to :func:`scalenet.create_model`
-    (``drop_rate``, ``global_pool``); ``scalenet.create_model("local-dir:DIR", features_only=True)``
-    wraps the loaded model as it wraps any other."""
-    from .checkpoint import load_weights
-    from .factory import create_model
-    from .models.scalenet import checkpoint_filter_fn
-
-    folder = hub_folder(spec)
-    config, structure = read_hub_config(folder, spec)
-    args, cfg = config["model_args"], dict(config.get("pretrained_cfg") or {})
-    num_classes, in_chans = int(config.get("num_classes", args.get("num_classes", 1000))), int(args.get("in_chans", 3))
-    if not (folder / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{spec}: no {WEIGHTS} in {folder}")
-    model = create_model(structure, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    load_weights(model, folder / WEIGHTS, filter_fn=checkpoint_filter_fn)
-    model.pretrained_cfg = {**model.pretrained_cfg, **cfg, "source": "local-dir", "file": str(folder)}
-    labels = config.get("label_names")
-    info = {
-        "num_classes": num_classes, "in_chans": in_chans,
-        "image_size": int((cfg.get("input_size") or (in_chans, structure.image_size, structure.image_size))[-1]),
-        "classes": list(labels) if isinstance(labels, (list, tuple)) else None,
-        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))), "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
-        "crop_pct": cfg.get("crop_pct"), "interpolation": cfg.get("interpolation"), "structure": structure.to_json(),
-        "config": config,
-    }
-    return model, info
 
 
 @dataclass
@@ -137,9 +108,7 @@ def save_hub(model: nn.Module, directory: str | os.PathLike, *, classes: Sequenc
     once: into a sibling temporary folder, then renamed; an existing ``directory`` is refused
     unless ``force``. Uses timm's ``save_for_hf`` for the weights and the config, and adds the
     structure to ``model_args`` and the preprocessing to ``pretrained_cfg``."""
-    out = Path(directory)
-    if out.exists() and not force:
-        raise FileExistsError(f"--hub {out} exists; choose another folder or pass --force to replace it")
+    out = check_output_dir(directory, "--hub", force)
     structure: Structure = model.structure
     small = image_size <= 64  # the small-image recipe: no crop (scalenet.data.image_transforms)
     model.pretrained_cfg = {**model.pretrained_cfg, "architecture": _architecture(structure)}
@@ -161,9 +130,6 @@ def save_hub(model: nn.Module, directory: str | os.PathLike, *, classes: Sequenc
 def model_card(structure: Structure, num_classes: int, in_chans: int, image_size: int, card: HubCard) -> str:
     """The ``README.md`` of a Hub folder: YAML front matter (library, tags, license), a table of
     structure, MACs, parameters, data and measured top-1, and how to load it."""
-    from . import __version__
-    from .report import format_stage_summary
-
     tags = ["image-classification", "timm", "scalenet"]
     front = ["---", "library_name: timm", f"license: {card.license}", "tags:", *[f"- {t}" for t in tags],
              "pipeline_tag: image-classification"]
@@ -215,34 +181,3 @@ def card_for_published(structure: Structure, weights: str | None) -> HubCard:
                      "this library")
     return HubCard(title=structure.meta.get("title", structure.name or "scalenet"),
                    data="imagenet-1k" if weights else None, notes=notes)
-
-
-def export_hub(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
-               model: str | os.PathLike | Structure | None = None, image_size: int | None = None,
-               num_classes: int = 1000, in_chans: int = 3, layers: Sequence[int] | None = None,
-               license: str | None = None, force: bool = False) -> Path:
-    """``scalenet export --hub``: a ``scalenet train`` checkpoint (``model`` None: the checkpoint
-    holds the structure, classes, preprocessing and metrics), or a published name or structure
-    (``model``) with its weight file (``checkpoint``, or random init), as a Hub-layout folder."""
-    from .factory import create_model, resolve_structure
-    from .training import model_from_checkpoint
-
-    out = Path(directory)
-    if out.exists() and not force:
-        raise FileExistsError(f"--hub {out} exists; choose another folder or pass --force to replace it")
-    if model is None:
-        if checkpoint is None:
-            raise ValueError("give a scalenet train checkpoint, or a model name or structure with its weights")
-        net, ckpt = model_from_checkpoint(checkpoint)
-        card = card_from_checkpoint(ckpt, str(checkpoint))
-        classes, mean, std, size = ckpt.get("classes"), ckpt["mean"], ckpt["std"], ckpt["image_size"]
-    else:
-        structure = resolve_structure(model, layers=layers)
-        net = create_model(structure, num_classes=num_classes, in_chans=in_chans, checkpoint=checkpoint)
-        card = card_for_published(structure, str(checkpoint) if checkpoint is not None else None)
-        classes, mean, std, size = None, net.pretrained_cfg["mean"], net.pretrained_cfg["std"], structure.image_size
-    size = image_size or size
-    net.structure.check_input(size)
-    if license:
-        card.license = license
-    return save_hub(net, out, classes=classes, mean=mean, std=std, image_size=size, card=card, force=force)

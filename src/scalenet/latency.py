@@ -34,12 +34,17 @@ import torch
 from torch import nn
 
 from .compat import raise_recompile_limit
+from .devices import device_name, device_slug
+from .factory import create_model, resolve_structure
+from .fuse import fuse
+from .models.scalenet import SABottleneck
 from .fileio import atomic_write_text, cache_root, read_json
 from .structure import BlockSpec, Structure
+from .timing import interleaved
 
 __all__ = ["LatencySettings", "StageCost", "LatencyModel", "measure_latency_model", "time_networks",
            "prediction_errors", "current_settings", "cache_path", "reference_for", "cached_model", "requested_model",
-           "latency_model_for"]
+           "latency_model_for", "block_latencies", "format_block_latencies"]
 
 FORMAT = "scalenet-latency"
 
@@ -66,8 +71,6 @@ def current_settings(device: str = "cpu", threads: int | None = None, batch_size
                      compile: bool = False, option: str = "--device") -> LatencySettings:
     """The settings of this machine for ``device``; raises one clear line (naming ``option``)
     for CUDA without a GPU."""
-    from .devices import device_name
-
     if device not in ("cpu", "cuda"):
         raise ValueError(f"{option} must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -180,9 +183,6 @@ class LatencyModel:
 
 # ---------------------------------------------------------------------------- measuring
 def _fused_block(spec: BlockSpec, scales: Sequence[int], device: torch.device) -> nn.Module:
-    from .fuse import fuse
-    from .models.scalenet import SABottleneck
-
     block = SABottleneck(spec, scales)
     for m in block.modules():  # non-trivial BN statistics, as in a trained network
         if isinstance(m, nn.BatchNorm2d):
@@ -243,8 +243,6 @@ def measure_latency_model(
     """Times one block of each stage of ``reference``'s layout at ``configs`` channel splits
     (``repeats`` interleaved rounds, median), fits each stage's costs, and calibrates
     ``other`` on ``reference`` itself (timed as a whole, fused)."""
-    from .timing import interleaved
-
     if configs < 2 + 2 * len(reference.scales):
         raise ValueError(f"configs must be at least {2 + 2 * len(reference.scales)} (the fit has "
                          f"{1 + 2 * len(reference.scales)} unknowns per stage), got {configs}")
@@ -298,10 +296,6 @@ def _fit(splits: Sequence[Sequence[int]], ms: Sequence[float]) -> tuple[StageCos
 def time_networks(structures: dict[str, Structure], settings: LatencySettings, repeats: int = 5,
                   progress: bool = False) -> dict[str, float]:
     """Median milliseconds of a fused forward pass of each structure, timed in interleaved rounds."""
-    from .factory import create_model
-    from .fuse import fuse
-    from .timing import interleaved
-
     if settings.device == "cpu":
         torch.set_num_threads(settings.threads)
     prepare, sync = _timer(settings)
@@ -339,8 +333,6 @@ def cache_dir() -> Path:
 def cache_path(settings: LatencySettings, layout: Structure) -> Path:
     """The cached model's file, named by the device, the settings and the layout, e.g.
     ``amd-epyc-2t-b16-224px-eager-imagenet-w64-4stages-s1.2.4.7.json``."""
-    from .devices import device_slug
-
     where = device_slug(settings.device_name) + (f"-{settings.threads}t" if settings.threads else "")
     mode = "compiled" if settings.compile else "eager"
     shape = f"{layout.stem}-w{layout.width}-{len(layout.layers)}stages-s{'.'.join(map(str, layout.scales))}"
@@ -350,8 +342,6 @@ def cache_path(settings: LatencySettings, layout: Structure) -> Path:
 def reference_for(layout: Structure) -> Structure:
     """The network that calibrates a model of ``layout``: the published ScaleNet-50 for its own
     layout, else the uniform split of the ResNet width in ``layout``'s stages."""
-    from .factory import resolve_structure
-
     published = resolve_structure("scalenet50")
     if (published.stem, published.width, tuple(published.scales), len(published.layers)) == (
             layout.stem, layout.width, tuple(layout.scales), len(layout.layers)):
@@ -398,3 +388,29 @@ def latency_model_for(model, seed, progress: bool = True):
     if model is not None:
         model.check_structure(seed)
     return model
+
+
+def block_latencies(model: LatencyModel, structure: Structure, source: str | os.PathLike,
+                    image_size: int | None = None) -> dict[str, Any]:
+    """Each SA block's predicted milliseconds under ``model`` (read from ``source``), the rest of
+    the network and the total, for ``structure`` at the model's image size (``image_size``, if
+    given, must be that size)."""
+    size = image_size or model.settings.image_size
+    if size != model.settings.image_size:
+        raise ValueError(f"{source} was measured at {model.settings.image_size} px; --image-size {size} differs")
+    blocks = model.per_block(structure)
+    return {"model": str(source), "settings": dataclasses.asdict(model.settings),
+            "blocks": [{"block": name, "ms": ms} for name, ms in blocks], "other_ms": model.other,
+            "total_ms": model.predict(structure)}
+
+
+def format_block_latencies(latency: dict[str, Any]) -> str:
+    """:func:`block_latencies` as a table."""
+    s = latency["settings"]
+    where = f"{s['device_name']}" + (f", {s['threads']} threads" if s["threads"] else "")
+    lines = ["", f"predicted latency ({latency['model']}: {where}, batch {s['batch_size']}, {s['image_size']} px"
+             f"{', compiled' if s['compile'] else ''})", "", "block      |      ms"]
+    lines += [f"{b['block']:<10} | {b['ms']:7.1f}" for b in latency["blocks"]]
+    lines += [f"{'other':<10} | {latency['other_ms']:7.1f}   (stem, shortcuts, head)",
+              f"{'total':<10} | {latency['total_ms']:7.1f}"]
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
+from ..latency import latency_model_for
 from ..structure import Structure
 from .importance import Neuron
 
@@ -311,8 +312,6 @@ class LatencyBudget(_TargetBudget):
     def resolved(self, seed: Structure, progress: bool = True) -> "LatencyBudget":
         """This budget with its cost model for ``seed``'s layout: the given model (checked), or for
         ``LatencySettings`` the cached one (:func:`scalenet.latency.latency_model_for`)."""
-        from ..latency import latency_model_for
-
         return dataclasses.replace(self, model=latency_model_for(self.model, seed, progress=progress))
 
     def describe(self) -> str:

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from ..models.scalenet import SABottleneck
 from ..structure import Structure
 
 __all__ = ["Neuron", "BlockScores", "Importance", "NORMALIZERS", "normalize", "BNScale", "BNScaleL1", "unweigh"]
@@ -85,8 +86,6 @@ class BNScale:
             raise ValueError(f"normalizer {self.normalizer!r} is unknown; use one of {', '.join(map(str, NORMALIZERS))}")
 
     def __call__(self, model: nn.Module, structure: Structure, image_size: int) -> list[BlockScores]:
-        from ..models.scalenet import SABottleneck
-
         blocks = [m for m in model.modules() if isinstance(m, SABottleneck)]
         out = []
         for spec, block in zip(structure.blocks(), blocks):
@@ -114,8 +113,6 @@ class BNScaleL1:
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         if model is not self._model:  # found once per model, not per step
-            from ..models.scalenet import SABottleneck
-
             self._model = model
             self._gammas = [bn.weight for m in model.modules() if isinstance(m, SABottleneck) for bn in m.bn2.values()]
         return self.weight * sum(g.abs().sum() for g in self._gammas)

@@ -12,16 +12,24 @@ import dataclasses
 import json
 import os
 import statistics
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
+from ..agreement import agreement_report
+from ..fileio import atomic_write_text, read_json
+from ..report import plot_allocation
 from ..structure import Structure
+from ..training import TrainConfig, check_jobs, in_processes, is_main_process, jobs_for, train, under_torchrun
 from .budgets import Budget, BoundBudget, WidthBudget
-from .combine import COMBINES, combine_mean, combine_union
+from .combine import combine_mean, combine_union
 from .importance import BlockScores, BNScale, BNScaleL1, Importance, unweigh
-from .rounding import multiple_pool, round_channels
-from .select import SELECTORS, check_alpha, select, weigh_by_cost
+from .records import DEFAULT_COMBINE, SeedRun, SeedSettings, Selection
+from .rounding import round_channels
+from .seeds import prepare_runs, score_run, seed_run_dirs
+from .select import select, weigh_by_cost
 
 __all__ = [
     "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SEED_IMAGES", "SeedSettings", "Selection", "SeedRun", "AllocationResult",
@@ -33,79 +41,9 @@ __all__ = [
 #: epoch each, averaged, agree at 0.34x / 0.19x / 0.28x chance by stage (``union``: 0.32x /
 #: 0.22x / 0.33x), and take about 4 minutes on 2 cores, two at a time.
 DEFAULT_REPEATS = 16
-DEFAULT_COMBINE = "mean"
 #: Each seed network trains for the fewest whole epochs that show it this many images (one
 #: epoch of the demo's 8,000; longer schedules did not make the rankings agree more).
 SEED_IMAGES = 8000
-
-
-@dataclass(frozen=True)
-class SeedSettings:
-    """How the seed networks were trained and scored: what their scores depend on (the first
-    part of a sidecar's ``settings``)."""
-
-    data: str
-    image_size: int
-    num_classes: int
-    in_chans: int
-    layers: tuple[int, ...] = ()
-    scales: tuple[int, ...] = (1, 2, 4, 7)
-    seed_width: int | tuple[int, ...] | None = None
-    importance: str = "BNScale"
-    normalizer: str | None = "max"
-    importance_alpha: float | None = 0.0  # kept for old sidecars: scores are stored unweighted now
-    sparsity: float = 0.0
-    seed_epochs: int | None = None
-    seed: int = 0
-    repeats: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key in ("layers", "scales", "seed_width"):
-            if isinstance(out[key], tuple):
-                out[key] = list(out[key])
-        return out
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> "SeedSettings":
-        """The record from a sidecar's ``settings`` (which also hold the selection's entries)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known}
-        for key in ("layers", "scales", "seed_width"):
-            if isinstance(values.get(key), list):
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """How neurons are kept under the budget: ``scope`` (:data:`SELECTORS`), how several seed
-    networks are combined (:data:`COMBINES`), ``alpha`` (scores per unit of cost,
-    :func:`weigh_by_cost`) and the rounding of each branch to a multiple of ``multiple_of``."""
-
-    scope: str = "block"
-    alpha: float = 0.0
-    combine: str = DEFAULT_COMBINE
-    multiple_of: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.scope not in SELECTORS:
-            raise ValueError(f"scope {self.scope!r} is unknown; use {' or '.join(SELECTORS)}")
-        if self.combine not in COMBINES:
-            raise ValueError(f"combine {self.combine!r} is unknown; use {' or '.join(COMBINES)}")
-        check_alpha(self.alpha)
-
-    def check(self, seed: Structure) -> None:
-        """Refuses a ``multiple_of`` the seed cannot offer, before any training or selection."""
-        if self.multiple_of is not None:
-            multiple_pool(seed, self.multiple_of)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> "Selection":
-        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
 
 
 def seed_structure(
@@ -156,17 +94,6 @@ def default_layout(image_size: int) -> dict[str, Any]:
     if image_size <= 64:
         return dict(stem="small", layers=(1, 1, 1), width=16)
     return dict(stem="imagenet", layers=(3, 4, 6, 3), width=64)
-
-
-@dataclass
-class SeedRun:
-    """One trained seed network: its seed, its neurons' scores, its own allocation under the
-    budget, and its training records."""
-
-    seed: int
-    scores: list[BlockScores]
-    structure: Structure
-    metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -224,9 +151,6 @@ class AllocationResult:
         """Writes the structure (``bare``: the release's bare-list format), the sidecar
         ``<stem>.scores.json`` (every neuron's score and the settings) and the allocation chart
         (default ``<stem>.png``), each atomically. Returns the three paths."""
-        from ..fileio import atomic_write_text
-        from ..report import plot_allocation
-
         path = Path(path)
         sidecar, default_chart = self.outputs(path)
         chart = Path(chart) if chart is not None else default_chart
@@ -242,16 +166,14 @@ def load_runs(path: str | os.PathLike) -> tuple[list[SeedRun], Structure, SeedSe
     """The seed networks' scores, the seed and the training settings from a sidecar
     (``<structure>.scores.json`` written by :meth:`AllocationResult.save`), to select again under
     another budget (:func:`select_runs`) without training."""
-    from ..fileio import read_json
-
     p = Path(path)
     raw = read_json(p, "scores file", "the .scores.json that scalenet allocate wrote beside its structure")
     try:
         seed = Structure.from_json(raw["seed"], source=f"{p} (seed)")
         costs = [b["costs"] for b in raw["blocks"]]
         names = [b["block"] for b in raw["blocks"]]
-        runs = [SeedRun(r["seed"], [BlockScores(n, sc, c) for n, sc, c in zip(names, r["scores"], costs)], seed,
-                        r.get("metrics", [])) for r in raw["runs"]]
+        runs = [SeedRun(seed=r["seed"], scores=[BlockScores(n, sc, c) for n, sc, c in zip(names, r["scores"], costs)],
+                        structure=seed, metrics=r.get("metrics", [])) for r in raw["runs"]]
         settings = dict(raw["settings"])
         training = SeedSettings.from_json(settings)
     except (KeyError, TypeError) as e:
@@ -278,8 +200,6 @@ def _check_before_training(data, seed: Structure, budget: Budget, selection: Sel
 
 
 def _check_repeats(repeats: int, jobs: int | None) -> None:
-    from ..training import check_jobs
-
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"--repeats must be a whole number of seed networks, 1 or more; got {repeats}")
     check_jobs(jobs)
@@ -321,8 +241,6 @@ def allocate(
     :func:`default_layout`), with ``seed_width`` neurons per scale; ``sparsity`` adds a
     :class:`BNScaleL1` penalty. Bad settings fail before any training.
     """
-    from ..training import TrainConfig
-
     _check_repeats(repeats, jobs)
     seed = seed_for(data.image_size, layers=layers, width=width, stem=stem, scales=scales, seed_width=seed_width)
     layers = seed.layers
@@ -332,10 +250,12 @@ def allocate(
     cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
     jobs = _jobs(jobs, repeats, runs)
     training = SeedSettings(
-        data.name, data.image_size, data.num_classes, data.in_chans, layers, tuple(seed.scales),
-        tuple(seed_width) if isinstance(seed_width, (list, tuple)) else seed_width, type(importance).__name__,
-        getattr(importance, "normalizer", None), getattr(importance, "alpha", None), sparsity, cfg.epochs, cfg.seed,
-        repeats,
+        data=data.name, image_size=data.image_size, num_classes=data.num_classes, in_chans=data.in_chans,
+        layers=layers, scales=tuple(seed.scales),
+        seed_width=tuple(seed_width) if isinstance(seed_width, (list, tuple)) else seed_width,
+        importance=type(importance).__name__, normalizer=getattr(importance, "normalizer", None),
+        importance_alpha=getattr(importance, "alpha", None), sparsity=sparsity, seed_epochs=cfg.epochs, seed=cfg.seed,
+        repeats=repeats,
     )
     scored = _train_and_score(seed, data, cfg, training, importance, jobs, runs, resume)
     if scored is None:  # a rank other than 0 under torchrun
@@ -347,12 +267,6 @@ def _train_and_score(seed: Structure, data, cfg, training: SeedSettings, importa
                      resume: bool) -> list[SeedRun] | None:
     """Trains the seed networks in ``runs`` (None: a temporary folder), ``jobs`` at a time, and
     scores them from their checkpoints (None on ranks other than 0)."""
-    import tempfile
-    from contextlib import nullcontext
-
-    from ..training import in_processes, is_main_process
-    from .seeds import prepare_runs, score_run, seed_run_dirs
-
     repeats = training.repeats
     with tempfile.TemporaryDirectory(prefix="scalenet-seeds-") if runs is None else nullcontext(str(runs)) as folder:
         dirs = seed_run_dirs(folder, repeats)
@@ -373,8 +287,6 @@ def _train_and_score(seed: Structure, data, cfg, training: SeedSettings, importa
 def _jobs(jobs: int | None, repeats: int, runs) -> int:
     """Seed networks trained at once: one under torchrun (each with DDP across the ranks, which
     need a shared runs folder), else ``jobs`` or one per CPU core (one per GPU with CUDA)."""
-    from ..training import jobs_for, under_torchrun
-
     if under_torchrun() and runs is None:
         raise ValueError("under torchrun the seed networks train one after another with DDP across all ranks, in a "
                          "runs folder every rank reads: give runs= (scalenet allocate does)")
@@ -428,8 +340,6 @@ def _result(structure: Structure, combined: list[BlockScores], kept: list[list[l
             seed: Structure, bound: BoundBudget, training: SeedSettings, selection: Selection,
             name: str | None) -> AllocationResult:
     """The result, with the structure's meta (settings, MACs, parameters, agreement) filled in."""
-    from ..agreement import agreement_report
-
     nc, ic = training.num_classes, training.in_chans
     result = AllocationResult(structure, combined, seed, training, selection, bound.budget,
                               bound.of_structure(structure), bound.unit, kept, runs,
@@ -447,7 +357,5 @@ def _result(structure: Structure, combined: list[BlockScores], kept: list[list[l
 
 def _train_seed_network(p: dict[str, Any]) -> None:
     """Trains one seed network in its run directory (in a worker process when several run at once)."""
-    from ..training import train
-
     train(p["seed"], p["data"], p["cfg"], p["run_dir"], resume=p["resume"], description=p["label"],
           regularizer=BNScaleL1(p["sparsity"]) if p["sparsity"] else None)

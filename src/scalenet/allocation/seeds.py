@@ -15,9 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..fileio import atomic_write_text
 from ..structure import Structure
+from ..training import CHECKPOINT_FORMAT, RunDir, model_from_checkpoint
 from .importance import BNScale, Importance
-from .pipeline import SeedRun, SeedSettings
+from .records import SeedRun, SeedSettings
 
 __all__ = ["SETTINGS_FILE", "seed_run_dirs", "runs_dir_for", "prepare_runs", "score_run", "load_seed_runs"]
 
@@ -40,9 +42,6 @@ def prepare_runs(runs: Path, record: Mapping[str, Any], repeats: int, resume: bo
     """Refuses, in one line, seed runs in ``runs`` trained with other settings than ``record``
     (naming the difference), and seed runs already there unless ``resume``; then (``write``:
     rank 0) records the settings."""
-    from ..fileio import atomic_write_text
-    from ..training import CHECKPOINT_FORMAT, RunDir
-
     if runs.exists() and not runs.is_dir():
         raise ValueError(f"{runs} is a file; the seed networks train in a folder there (choose another --out)")
     saved = runs / SETTINGS_FILE
@@ -71,8 +70,6 @@ def score_run(path: str | os.PathLike, seed: Structure | None = None,
               importance: Importance | None = None) -> tuple[SeedRun, dict[str, Any]]:
     """A finished seed run's scores and records, read from its ``last.pt`` and ``metrics.jsonl``;
     with ``seed``, the run must be of that structure. Returns the run and its checkpoint."""
-    from ..training import CHECKPOINT_FORMAT, RunDir, model_from_checkpoint
-
     run = RunDir(path, CHECKPOINT_FORMAT)
     if not run.path.is_dir() or not (run.last.is_file() or run.step_files()):
         raise ValueError(f"{run.path} is not a training run (no last.pt); give run directories written by "
@@ -92,7 +89,7 @@ def score_run(path: str | os.PathLike, seed: Structure | None = None,
     scores = (importance or BNScale())(model, structure, int(ckpt["image_size"]))
     seed_value = int((ckpt.get("args") or {}).get("seed", 0))
     records = run.read_metrics(upto=int(ckpt["epoch"]), last=ckpt.get("epoch_record"))  # a line a kill kept out
-    return SeedRun(seed_value, scores, structure, records), ckpt
+    return SeedRun(seed=seed_value, scores=scores, structure=structure, metrics=records), ckpt
 
 
 def _describe(s: Structure) -> str:
@@ -129,9 +126,10 @@ def load_seed_runs(paths: Sequence[str | os.PathLike],
     per_stage = [seed.rows[sum(seed.layers[:i])][0] for i in range(len(seed.layers))]
     imp = importance or BNScale()
     training = SeedSettings(
-        str(ckpt0.get("data")), int(ckpt0["image_size"]), int(ckpt0["num_classes"]), int(ckpt0["in_chans"]),
-        tuple(seed.layers), tuple(seed.scales), None if per_stage == list(planes) else tuple(per_stage),
-        type(imp).__name__, getattr(imp, "normalizer", None), 0.0, 0.0,
-        int((ckpt0.get("args") or {}).get("epochs", ckpt0["epoch"])), min(seeds), len(runs),
+        data=str(ckpt0.get("data")), image_size=int(ckpt0["image_size"]), num_classes=int(ckpt0["num_classes"]),
+        in_chans=int(ckpt0["in_chans"]), layers=tuple(seed.layers), scales=tuple(seed.scales),
+        seed_width=None if per_stage == list(planes) else tuple(per_stage), importance=type(imp).__name__,
+        normalizer=getattr(imp, "normalizer", None), importance_alpha=0.0, sparsity=0.0,
+        seed_epochs=int((ckpt0.get("args") or {}).get("epochs", ckpt0["epoch"])), seed=min(seeds), repeats=len(runs),
     )
     return runs, seed, training

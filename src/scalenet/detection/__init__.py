@@ -5,7 +5,7 @@
                                     min_size=600, max_size=1000)
 """
 
-from .data import CocoDetection, detection_collate, detection_loader, read_coco_json
+from .data import CocoDetection, detection_collate, detection_loader, read_coco_json, validation_set
 from .engine import DetectConfig, detector_from_checkpoint, evaluate_checkpoint, evaluate_detector, train_detector
 from .evaluate import STAT_NAMES, coco_evaluate, format_coco_table
 from .model import fasterrcnn_scalenet_fpn, scalenet_fpn_backbone
@@ -17,6 +17,7 @@ __all__ = [
     "detection_collate",
     "detection_loader",
     "read_coco_json",
+    "validation_set",
     "DetectConfig",
     "train_detector",
     "evaluate_detector",

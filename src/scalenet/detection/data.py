@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import make_loader, sample_key, sample_rng
 from ..fileio import read_json
 
-__all__ = ["CocoDetection", "detection_collate", "detection_loader", "read_coco_json"]
+__all__ = ["CocoDetection", "detection_collate", "detection_loader", "read_coco_json", "validation_set"]
 
 _MAX_LISTED = 3
 
@@ -165,3 +165,11 @@ def detection_loader(
     """A loader over this rank's shard (seeded shuffle per epoch when training)."""
     return make_loader(dataset, batch_size, train=shuffle, collate_fn=detection_collate, workers=workers, seed=seed,
                        rank=rank, world_size=world_size)
+
+
+def validation_set(annotation_file: str | os.PathLike | None, image_dir: str | os.PathLike | None
+                   ) -> CocoDetection | None:
+    """The set evaluated after every epoch: an annotation file with its image folder, or neither."""
+    if (annotation_file is None) != (image_dir is None):
+        raise ValueError("give --val-json and --val-images together (or neither)")
+    return CocoDetection(annotation_file, image_dir) if annotation_file is not None else None

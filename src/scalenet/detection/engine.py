@@ -62,6 +62,11 @@ class DetectConfig:
     tensorboard: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # more FasterRCNN keywords
 
+    def check(self) -> None:
+        """Refuses, before any data is read, a backbone weight file that is not there."""
+        if self.backbone_checkpoint is not None and not Path(self.backbone_checkpoint).is_file():
+            raise FileNotFoundError(f"backbone checkpoint not found: {self.backbone_checkpoint}")
+
 
 def _build(structure: Structure, num_classes: int, cfg: DetectConfig, *, with_weights: bool) -> nn.Module:
     return fasterrcnn_scalenet_fpn(

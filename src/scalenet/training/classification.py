@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from timm.utils import random_seed
 
-from ..checkpoint import CheckpointError, read_state_dict
+from ..checkpoint import CheckpointError, load_init, read_state_dict
 from ..compat import param_groups_weight_decay
 from ..data import BUILTIN, DataSpec, build_data, class_mismatch
-from ..factory import create_model
+from ..factory import create_model, load_hub
+from ..hub import WEIGHTS, hub_folder, is_hub, read_hub_config
 from ..models.scalenet import checkpoint_filter_fn
 from ..structure import Structure
 from .checkpointing import DEFAULT_SAVE_EVERY, CheckpointSaver, RunDir
@@ -37,7 +38,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingError",
-    "PRESETS",
+    "PRESETS", "is_training_checkpoint",
     "CHECKPOINT_FORMAT",
     "train",
     "evaluate",
@@ -155,11 +156,21 @@ def load_run_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[
     return ckpt
 
 
+def is_training_checkpoint(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` is a ``scalenet train`` checkpoint (its entries looked at, tensors mapped,
+    not read), not a plain weight file."""
+    if path is None or Path(path).suffix == ".safetensors" or not Path(path).is_file():
+        return False
+    try:
+        load_run_checkpoint(path, mmap=True)
+    except CheckpointError:  # a plain weight file (or an old, non-zip .pth)
+        return False
+    return True
+
+
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuilds the trained model from its checkpoint alone (structure, classes, channels), or
     from a Hub-layout folder (``local-dir:DIR``, ``hf-hub:USER/REPO``: its config says the same)."""
-    from ..hub import is_hub, load_hub
-
     if is_hub(path):
         return load_hub(str(path))
     ckpt = load_run_checkpoint(path)
@@ -255,9 +266,6 @@ def start_from(model: nn.Module, path: str | os.PathLike, num_classes: int, anno
     says in one line when the classifier stays freshly initialised. With ``classes`` (the data's
     class names), a file that records other class names (a training checkpoint or a Hub folder)
     gives no classifier either: its label i meant another class."""
-    from ..checkpoint import load_init
-    from ..hub import WEIGHTS, hub_folder, is_hub, read_hub_config
-
     recorded = None
     if is_hub(path):  # the weights of a Hub-layout folder
         folder = hub_folder(str(path))

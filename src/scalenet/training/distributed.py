@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "is_main_process", "under_torchrun", "setup_distributed", "autocast"]
+from ..devices import device_name
+
+__all__ = ["DistContext", "is_main_process", "under_torchrun", "setup_distributed", "autocast", "on_main_rank"]
 
 
 @dataclass
@@ -37,8 +39,6 @@ class DistContext:
         """Where the run trains, for its checkpoints: the device, the GPUs this process was
         shown (``CUDA_VISIBLE_DEVICES``; one entry per worker of :func:`~.pool.in_processes`)
         and the number of ranks."""
-        from ..devices import device_name
-
         name = device_name(self.device) + (f" ({self.device})" if self.device.type == "cuda" else "")
         return {"device": name, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "world_size": self.world_size}
@@ -120,3 +120,21 @@ def autocast(device: torch.device, enabled: bool):
     """Mixed precision: fp16 on CUDA, bf16 on CPU (a no-op when not enabled)."""
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def on_main_rank(work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0 only under torchrun (what writes files or times networks), its
+    JSON-able result (or its one-line error) sent to every rank; ``work()`` without torchrun."""
+    if not under_torchrun():
+        return work()
+    d = setup_distributed()  # the group a training started, or a new one
+    outcome = None
+    if d.main:
+        try:
+            outcome = ("ok", work())
+        except ValueError as e:
+            outcome = ("error", str(e))
+    kind, value = d.broadcast(outcome)
+    if kind == "error":
+        raise ValueError(value)
+    return value
