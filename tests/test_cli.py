@@ -102,3 +102,38 @@ def test_help_defaults_come_from_the_config_dataclasses():
     assert help_of("allocate", "--epochs") == f"default the fewest that show each seed network {SEED_IMAGES:,} images"
     assert help_of("detect-train", "--lr").startswith(f"default {DetectConfig().lr} ")
     assert f"(default {DetectConfig().min_size}," in help_of("detect-train", "--min-size")
+
+
+def test_augment_and_resume_mean_the_same_in_every_command(tmp_path, capsys):
+    """--augment/--no-augment in every command that trains (each config's own default when
+    neither is given); a bare --resume is strict and --resume auto starts when there is nothing."""
+    from scalenet.cli import build_parser
+    from scalenet.cli.options import train_config
+    from scalenet.study import STUDY_RECIPE
+    from scalenet.training import TrainConfig
+
+    parse = build_parser().parse_args
+    train = ["train", "--model", "m.json", "--data", "d", "--out", "o"]
+    allocate = ["allocate", "--data", "d", "--out", str(tmp_path / "a.json")]
+    assert train_config(parse(train)).augment is TrainConfig().augment is True
+    assert train_config(parse([*train, "--no-augment"])).augment is False
+    assert train_config(parse([*allocate, "--no-augment"])).augment is False
+    assert train_config(parse([*allocate, "--augment"])).augment is True
+    study = ["study", "--data", "d", "--out", "s"]
+    assert parse(study).augment is None and STUDY_RECIPE.augment is False
+    assert parse([*study, "--augment"]).augment is True and parse([*study, "--no-augment"]).augment is False
+    detect = ["detect-train", "--coco-json", "c.json", "--images", "i", "--out", "o"]
+    for command in (train, allocate, detect):
+        assert parse([*command, "--resume"]).resume is True
+        assert parse([*command, "--resume", "auto"]).resume == "auto"
+        assert parse(command).resume is False
+    # allocate's strict resume: there must be seed runs to continue (refused before any data is read)
+    assert main([*allocate, "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (f"scalenet: error: --resume: no seed runs in {tmp_path / 'a.runs'}; "
+                                               "start without --resume (or --resume auto)")
+
+
+def test_refusals_name_the_option_as_typed(tmp_path, capsys):
+    sidecar = tmp_path / "x.scores.json"
+    assert main(["allocate", "--scores", str(sidecar), "--out", str(tmp_path / "y.json"), "--no-augment"]) == 2
+    assert "--no-augment does not apply with --scores" in capsys.readouterr().err

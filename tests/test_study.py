@@ -1,6 +1,7 @@
 """The study: arms matched in MACs, the paired interval, resume after a kill, and bad input."""
 
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -255,3 +256,36 @@ def test_torchrun_trains_every_run_with_ddp_survives_a_lost_worker_and_rank_0_wr
         a: r["top1_by_seed"] for a, r in straight["arms"].items()}
     learned = [Structure.load(tmp_path / d / "structures" / "learned.json").rows for d in ("straight", "killed")]
     assert learned[0] == learned[1]
+
+
+@pytest.mark.parametrize("name", ["width1", "width05", "latency", "latency-resnet"])
+def test_the_committed_study_folders_load_as_the_study_they_were(name, tmp_path):
+    """A study folder's settings.json, read back, is the same study: a resume accepts the folder
+    (folders written before the study package, its typed budgets and newer settings)."""
+    import shutil
+
+    from scalenet.study.config import prepare_directory
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"study-fashion-mnist-{name}"
+    saved = json.loads((folder / "settings.json").read_text())
+    cfg = StudyConfig.from_settings(saved)
+    assert {k: v for k, v in cfg.settings().items() if k in saved} == saved  # newer entries are None there
+    copy = shutil.copytree(folder, tmp_path / folder.name)
+    if name == "latency":  # matched in predicted latency, before calibration existed: another study now
+        with pytest.raises(ValueError, match="holds a study with other settings \\(latency_tolerance\\)"):
+            prepare_directory(cfg, copy)
+        return
+    prepare_directory(cfg, copy)  # what a resume runs first: refuses other settings
+    with pytest.raises(ValueError, match="holds a study with other settings \\(seeds\\)"):
+        prepare_directory(StudyConfig.from_settings({**saved, "seeds": saved["seeds"] + 1}), copy)
+    if (folder / "latency.json").is_file():  # the budgets recorded per arm read back as typed budgets
+        from scalenet.allocation import LatencyBudget, MacsBudget
+        from scalenet.study.arms import ArmContext
+        from scalenet.study.latency import budget_from_record, budget_record
+
+        record = json.loads((folder / "latency.json").read_text())["budget"]
+        a = ArmContext(cfg, folder, None, LatencyBudget(1.0, None), None, 10, 1)
+        for arm, recorded in record.items():
+            budget = budget_from_record(a, recorded)
+            assert budget is None or isinstance(budget, (LatencyBudget, MacsBudget))
+            assert budget_record(budget) == recorded

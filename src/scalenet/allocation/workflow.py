@@ -15,9 +15,9 @@ from ..structure import Structure
 from ..training import CHECKPOINT_FORMAT, RunDir, TrainConfig, TrainResult, train
 from .budgets import LatencyBudget, budget_from
 from .pipeline import AllocationResult, SeedRun, SeedSettings, load_runs
-from .seeds import load_seed_runs
+from .seeds import load_seed_runs, runs_dir_for, seed_run_dirs
 
-__all__ = ["check_outputs", "trained_seeds", "latency_budget", "train_result"]
+__all__ = ["check_outputs", "require_seed_runs", "trained_seeds", "latency_budget", "train_result"]
 
 
 def check_outputs(out: str | os.PathLike, *, force: bool = False, then_train: bool = False,
@@ -33,6 +33,14 @@ def check_outputs(out: str | os.PathLike, *, force: bool = False, then_train: bo
     run = Path(run_dir) if run_dir else out.with_name(out.stem + "_run")
     RunDir(run, CHECKPOINT_FORMAT).check_new()  # refused now, not after the allocation
     return out, run
+
+
+def require_seed_runs(out: str | os.PathLike, repeats: int) -> None:
+    """A strict resume: the seed runs of the structure ``out`` (in ``OUT.runs``) must be there to
+    continue (``allocate(resume=True)`` itself starts them when there are none)."""
+    runs = runs_dir_for(out)
+    if not any(RunDir(d, CHECKPOINT_FORMAT).has_checkpoint() for d in seed_run_dirs(runs, repeats)):
+        raise FileNotFoundError(f"--resume: no seed runs in {runs}; start without --resume (or --resume auto)")
 
 
 def trained_seeds(*, scores: str | os.PathLike | None = None, runs: Sequence[str | os.PathLike] | None = None

@@ -30,14 +30,15 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
-def _given(namespace: argparse.Namespace, dest: str) -> None:
-    """Records that an option was on the command line (``args.given``): commands refuse options
-    that cannot apply, and only those a user typed."""
+def _given(namespace: argparse.Namespace, dest: str, option: str) -> None:
+    """Records that an option was on the command line (``args.given``: destination -> the option
+    as typed): configs take exactly the options given, and commands refuse options that cannot
+    apply, naming them as the user typed them."""
     given = getattr(namespace, "given", None)
     if given is None:
-        given = set()
+        given = {}
         setattr(namespace, "given", given)
-    given.add(dest)
+    given[dest] = option
 
 
 class _Store(argparse.Action):
@@ -45,7 +46,7 @@ class _Store(argparse.Action):
                  option_string: str | None = None) -> None:
         setattr(namespace, self.dest, values)
         if option_string is not None:
-            _given(namespace, self.dest)
+            _given(namespace, self.dest, option_string)
 
 
 class _StoreTrue(argparse.Action):
@@ -56,7 +57,16 @@ class _StoreTrue(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         setattr(namespace, self.dest, True)
-        _given(namespace, self.dest)
+        _given(namespace, self.dest, option_string)
+
+
+class _Switch(argparse.BooleanOptionalAction):
+    """``--x`` / ``--no-x`` (default None: the config's own default)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _given(namespace, self.dest, option_string)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +78,7 @@ class _Parser(argparse.ArgumentParser):
         for name in (None, "store"):
             self.register("action", name, _Store)
         self.register("action", "store_true", _StoreTrue)
+        self.register("action", "switch", _Switch)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -89,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.given = frozenset(getattr(args, "given", None) or ())
+    args.given = dict(getattr(args, "given", None) or {})
     try:
         code = args.func(args)
         _close_process_group()

@@ -9,13 +9,13 @@ from pathlib import Path
 from ..agreement import format_agreement
 from ..allocation import (COMBINES, DEFAULT_COMBINE, DEFAULT_REPEATS, SEED_IMAGES, Selection, allocate, budget_from,
                           runs_dir_for, seed_epochs, seed_for, select_runs)
-from ..allocation.workflow import check_outputs, latency_budget, train_result, trained_seeds
+from ..allocation.workflow import check_outputs, latency_budget, require_seed_runs, train_result, trained_seeds
 from ..demo import run_demo
 from ..fileio import check_output_file
 from ..report import format_stage_summary, format_study
 from ..study import ARMS, LATENCY_ARMS, STUDY_RECIPE, StudyConfig, run_study
 from ..training import TrainConfig, is_main_process, under_torchrun
-from .options import (Recorder, add_force, add_training_arguments, config_from, data_from, default, int_list, names,
+from .options import (Recorder, add_augment_argument, add_force, add_training_arguments, config_from, data_from, default, int_list, names,
                       nonneg_float, positive_float, positive_int, refuse_given, resume, train_config)
 
 __all__ = ["COMMANDS"]
@@ -35,9 +35,11 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write-seed", default=None, metavar="seed.json",
                    help="only write the seed structure for --data and the layout (to train with scalenet train anywhere)")
     add_force(p, "the structure, its scores file and its chart")
-    p.add_argument("--resume", nargs="?", const="auto", default=False, type=resume, metavar="auto",
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=resume, metavar="auto",
                    help="continue the seed runs in OUT.runs: finished ones are scored, not retrained, the interrupted "
-                        "one continues from its newest checkpoint (one command for the first start and every restart)")
+                        "one continues from its newest checkpoint; as in train, '--resume' needs runs there and "
+                        "'--resume auto' starts them when there are none (one command for the first start and every "
+                        "restart)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--width-mult", type=positive_float, default=None,
                         help="neurons kept per block, times the ResNet width (default 1.0)")
@@ -109,6 +111,8 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         raise ValueError("--then-train does not apply under torchrun; train the result with torchrun -m scalenet "
                          "train --model OUT.json")
     out, run_dir = check_outputs(args.out, force=args.force, then_train=bool(args.then_train), run_dir=args.run_dir)
+    if args.resume is True:
+        require_seed_runs(out, args.repeats)
     selection = Selection(scope=args.scope, alpha=args.alpha, combine=args.combine, multiple_of=args.multiple_of)
     if args.data is None:
         runs, seed, training = trained_seeds(scores=args.scores, runs=args.from_runs)
@@ -190,7 +194,7 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=None, help=f"default {d('lr')}")
     p.add_argument("--wd", type=nonneg_float, default=None, help=f"default {d('wd')}")
     p.add_argument("--warmup", type=nonneg_float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
-    p.add_argument("--augment", action="store_true", help="crop + flip while training (default: off)")
+    add_augment_argument(p, STUDY_RECIPE.augment)
     p.add_argument("--train-subset", type=positive_int, default=None, help="train every run on a random subset of N images")
     p.add_argument("--val-subset", type=positive_int, default=None,
                    help=f"per-epoch validation images (default {d('val_subset')}; the final test uses all)")
@@ -221,9 +225,7 @@ def _arm_names(text: str) -> list[str]:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    recipe = config_from(TrainConfig, args, **{**dataclasses.asdict(STUDY_RECIPE),
-                                               "augment": args.augment or STUDY_RECIPE.augment,
-                                               "progress": not args.no_progress})
+    recipe = config_from(TrainConfig, args, **{**dataclasses.asdict(STUDY_RECIPE), "progress": not args.no_progress})
     cfg = config_from(StudyConfig, args, exclude=("data", "arms"), data=args.data, arms=tuple(args.arms or ARMS),
                       train=recipe)
     report = run_study(cfg, args.out)

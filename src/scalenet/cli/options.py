@@ -17,7 +17,7 @@ from ..training import DEFAULT_SAVE_EVERY, PREEMPTED_EXIT_CODE, PRESETS, TrainCo
 __all__ = [
     "Recorder", "int_list", "name_list", "names", "positive_int", "nonneg_int", "fraction", "positive_float", "nonneg_float",
     "default", "add_force", "option", "refuse_given", "resume", "config_from", "config_options",
-    "add_fault_tolerance_arguments", "add_training_arguments", "train_config", "data_from",
+    "add_fault_tolerance_arguments", "add_training_arguments", "add_augment_argument", "train_config", "data_from",
 ]
 
 
@@ -86,11 +86,12 @@ def config_options(config: type, args: argparse.Namespace) -> list[str]:
 
 def config_from(config: type, args: argparse.Namespace, *, exclude: Iterable[str] = (), **base: Any):
     """``config`` from ``base``, overridden by every option of the command that sets one of its
-    fields and was given (not None, and True for a flag); ``exclude``: fields the command sets
-    itself in ``base``."""
+    fields and was given on the command line (``args.given``); ``exclude``: fields the command
+    sets itself in ``base``."""
+    given = getattr(args, "given", {})
     values = dict(base)
     values.update({name: getattr(args, name) for name in config_options(config, args)
-                   if name not in exclude and getattr(args, name) is not None and getattr(args, name) is not False})
+                   if name not in exclude and name in given})
     return config(**values)
 
 
@@ -104,7 +105,8 @@ def option(dest: str) -> str:
 
 def refuse_given(args: argparse.Namespace, dests: Iterable[str], why: str) -> None:
     """One line naming the options given on the command line that ``why`` says cannot apply."""
-    given = [option(d) for d in dests if d in getattr(args, "given", ())]
+    typed = getattr(args, "given", {})
+    given = [typed.get(d) or option(d) for d in dests if d in typed]
     if given:
         raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}; drop "
                          f"{'it' if len(given) == 1 else 'them'}")
@@ -166,15 +168,19 @@ def add_training_arguments(p: Any, epochs: int | str | None = None) -> None:
                    help=f"fine-tuning: train only the stages after the first N and the head (default {d('freeze_stages')})")
     p.add_argument("--train-subset", type=positive_int, default=None, help="train on a random subset of N images")
     p.add_argument("--val-subset", type=positive_int, default=None, help="validate on a random subset of N images")
-    p.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation (for very short runs)")
+    add_augment_argument(p, default(TrainConfig, "augment"))
+
+
+def add_augment_argument(p: Any, default_on: bool) -> None:
+    """``--augment`` / ``--no-augment``, alike in every command that trains."""
+    p.add_argument("--augment", action="switch", default=None,
+                   help=f"crop + flip while training; --no-augment for very short runs (default: {'on' if default_on else 'off'})")
 
 
 def train_config(args: argparse.Namespace, **base: Any) -> TrainConfig:
     """The TrainConfig of a command with :func:`add_training_arguments`: ``base``, then the preset
     (which overrides it), then the options given."""
     base = {**base, **(PRESETS[args.preset] if args.preset else {}), "progress": not args.no_progress}
-    if args.no_augment:
-        base["augment"] = False
     return config_from(TrainConfig, args, **base)
 
 
