@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ import torch  # before TensorFlow: the other order crashes (scalenet.compat.chec
 from scalenet.devices import device_name, device_slug
 from scalenet.fileio import atomic_write_text
 from scalenet.structure import Structure
-from scalenet.timing import interleaved
+from scalenet.timing import interleaved, summarize
 
 SIDE = 224
 REFERENCE = "resnet50"
@@ -203,8 +202,26 @@ def torch_macs() -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------ the children
-def _median_ms(ts: list[float]) -> float:
-    return 1e3 * statistics.median(ts)
+def _models(names) -> dict[str, Any]:
+    """The named models, with random weights."""
+    builders = _builders()
+    models = {name: builders[name]() for name in names}
+    for model in models.values():
+        randomize(model)
+    return models
+
+
+def _timed(runners: dict[str, Callable[[], Any]], repeats: int, batch_size: int, xla: bool) -> dict[str, Any]:
+    """One run's record: the first call of each runner (tracing, compiling) timed as setup, then
+    ``repeats`` interleaved rounds (scalenet.timing)."""
+    t0 = time.perf_counter()
+    for run in runners.values():
+        run()
+    setup = time.perf_counter() - t0
+    rows = summarize(interleaved(runners, repeats, warmup=1))
+    return {"batch_size": batch_size, "xla": xla, "repeats": repeats, "setup_s": setup,
+            "median_ms": {n: r["median_ms"] for n, r in rows.items()},
+            "min_ms": {n: r["min_ms"] for n, r in rows.items()}}
 
 
 def tensorflow_child(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,13 +232,9 @@ def tensorflow_child(args: argparse.Namespace) -> dict[str, Any]:
     device = "/GPU:0" if args.device == "gpu" else "/CPU:0"
     if args.device == "gpu" and not tf.config.list_physical_devices("GPU"):
         raise SystemExit("error: --device gpu: TensorFlow sees no GPU here; run with --device cpu")
-    out: dict[str, Any] = {"macs": {}, "runs": []}
     with tf.device(device):
-        models = {}
-        for name, make in _builders().items():
-            models[name] = make()
-            randomize(models[name])
-            out["macs"][name] = keras_macs(models[name])
+        models = _models(MODELS)
+        out: dict[str, Any] = {"macs": {n: keras_macs(m) for n, m in models.items()}, "runs": []}
         for batch_size, repeats in ((16, args.repeats), (1, args.repeats_b1)):
             x = tf.random.normal((batch_size, SIDE, SIDE, 3), seed=1)
             for jit in (False, True):
@@ -229,14 +242,7 @@ def tensorflow_child(args: argparse.Namespace) -> dict[str, Any]:
                 for name, model in models.items():
                     fn = tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit)
                     runners[name] = lambda f=fn: f(x).numpy()  # .numpy() waits for the result
-                t0 = time.perf_counter()
-                for run in runners.values():  # the first call traces (and with XLA compiles)
-                    run()
-                setup = time.perf_counter() - t0
-                times = interleaved(runners, repeats, warmup=1)
-                out["runs"].append({"batch_size": batch_size, "xla": jit, "repeats": repeats, "setup_s": setup,
-                                    "median_ms": {n: _median_ms(ts) for n, ts in times.items()},
-                                    "min_ms": {n: 1e3 * min(ts) for n, ts in times.items()}})
+                out["runs"].append(_timed(runners, repeats, batch_size, jit))
                 print(f"[inter-op {args.inter_op}] batch {batch_size} {'XLA' if jit else 'graph'} done",
                       file=sys.stderr, flush=True)
     return out
@@ -245,13 +251,8 @@ def tensorflow_child(args: argparse.Namespace) -> dict[str, Any]:
 def jax_child(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
-    builders = _builders()
-    out: dict[str, Any] = {"macs": {}, "runs": []}
-    models = {}
-    for name in JAX_MODELS:
-        models[name] = builders[name]()
-        randomize(models[name])
-        out["macs"][name] = keras_macs(models[name])
+    models = _models(JAX_MODELS)
+    out: dict[str, Any] = {"macs": {n: keras_macs(m) for n, m in models.items()}, "runs": []}
     for batch_size, repeats in ((16, args.repeats), (1, args.repeats_b1)):
         x = jax.random.normal(jax.random.key(1), (batch_size, SIDE, SIDE, 3))
         runners = {}
@@ -260,14 +261,7 @@ def jax_child(args: argparse.Namespace) -> dict[str, Any]:
             ntv = [v.value for v in model.non_trainable_variables]
             fn = jax.jit(lambda tv, ntv, t, m=model: m.stateless_call(tv, ntv, t, training=False)[0])
             runners[name] = lambda f=fn, tv=tv, ntv=ntv: f(tv, ntv, x).block_until_ready()
-        t0 = time.perf_counter()
-        for run in runners.values():
-            run()
-        setup = time.perf_counter() - t0
-        times = interleaved(runners, repeats, warmup=1)
-        out["runs"].append({"batch_size": batch_size, "xla": True, "repeats": repeats, "setup_s": setup,
-                            "median_ms": {n: _median_ms(ts) for n, ts in times.items()},
-                            "min_ms": {n: 1e3 * min(ts) for n, ts in times.items()}})
+        out["runs"].append(_timed(runners, repeats, batch_size, True))
         print(f"[jax] batch {batch_size} done", file=sys.stderr, flush=True)
     return out
 
