@@ -1,9 +1,9 @@
 """The allocation issue's acceptance check: ``scalenet allocate`` with its defaults, on the demo's
 Fashion-MNIST setting, run from the command line with different seeds. Times each run (wall,
 including start-up) and compares every pair of the resulting allocations per stage against
-chance (two random draws of as many neurons from the seed network's pool).
+chance (two random draws of as many neurons from the supernet's pool).
 
-The seeds are 16 apart, so no two runs share a seed network (each trains seeds S..S+15 by default).
+The seeds are 16 apart, so no two runs share a supernet (each trains seeds S..S+15 by default).
 
     .venv/bin/python benchmarks/allocate_speed.py [--seeds 0,16,32]
 
@@ -24,7 +24,7 @@ import torch
 
 from scalenet import Structure
 from scalenet.agreement import Chance, block_counts, shares, stage_counts, tv
-from scalenet.allocation import DEFAULT_COMBINE, DEFAULT_REPEATS, seed_structure
+from scalenet.allocation import DEFAULT_COMBINE, DEFAULT_REPEATS, supernet_structure
 from scalenet.devices import device_name, device_slug
 from scalenet.fileio import atomic_write_text
 
@@ -48,7 +48,7 @@ def main() -> None:
                            check=True, stdout=subprocess.DEVNULL)
             runs[s] = {"seconds": time.perf_counter() - t, "structure": Structure.load(out)}
             print(f"seed {s}: {runs[s]['seconds']:.0f} s", flush=True)
-    pool = seed_structure((1, 1, 1), stem="small", width=12, image_size=28)
+    pool = supernet_structure((1, 1, 1), stem="small", width=12, image_size=28)
     kept = [sum(r[:-1]) for r in runs[seeds[0]]["structure"].rows]
     chance = Chance(pool, kept, draws=4000).stage_tv()
     pairs = []

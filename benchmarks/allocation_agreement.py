@@ -1,7 +1,7 @@
 """How reproducible is the allocation, and what makes it so? Measured on the demo's setting.
 
-Fashion-MNIST, the demo's seed network (layers 1,1,1, width 12, 12/24/48 seed neurons per
-scale), width multiplier 1.0, 8,000 training images. For each recipe, ``--runs`` seed networks
+Fashion-MNIST, the demo's supernet (layers 1,1,1, width 12, 12/24/48 supernet neurons per
+scale), width multiplier 1.0, 8,000 training images. For each recipe, ``--runs`` supernets
 (seeds 0..M-1) are trained and every neuron's score (BN |gamma|, normalised per block) is
 recorded after each epoch. Then, from those runs alone:
 
@@ -50,8 +50,8 @@ SUBSET, LAYERS, WIDTH, BATCH, LR, WD, WARMUP = 8000, (1, 1, 1), 12, 64, 0.1, 5e-
 
 
 def train_one(recipe: str, seed: int) -> Path:
-    """Trains one seed network and writes its per-epoch scores (a cache file)."""
-    from scalenet.allocation import BNScale, BNScaleL1, seed_structure
+    """Trains one supernet and writes its per-epoch scores (a cache file)."""
+    from scalenet.allocation import BNScale, BNScaleL1, supernet_structure
     from scalenet.data import build_data
     from scalenet.training import TrainConfig, train
     from scalenet.fileio import atomic_write_text
@@ -61,7 +61,7 @@ def train_one(recipe: str, seed: int) -> Path:
         return out
     r = RECIPES[recipe]
     data = build_data("fashion-mnist", train_subset=SUBSET, val_subset=2000, seed=0)
-    structure = seed_structure(LAYERS, stem="small", width=WIDTH, image_size=28)
+    structure = supernet_structure(LAYERS, stem="small", width=WIDTH, image_size=28)
     importance = BNScale()
     epochs: list[list[list[list[float]]]] = []
     cfg = TrainConfig(epochs=r["epochs"], batch_size=BATCH, lr=LR, wd=WD, warmup=WARMUP, augment=False,
@@ -84,9 +84,9 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 def analyse(recipe: str, runs: list[dict], pairs: int) -> dict:
     from scalenet.agreement import Chance, agreement_report, block_counts, shares, stage_counts, tv
-    from scalenet.allocation import BlockScores, WidthBudget, combine_mean, combine_union, seed_structure, select
+    from scalenet.allocation import BlockScores, WidthBudget, combine_mean, combine_union, supernet_structure, select
 
-    seed = seed_structure(LAYERS, stem="small", width=WIDTH, image_size=28)
+    seed = supernet_structure(LAYERS, stem="small", width=WIDTH, image_size=28)
     costs = [seed.neuron_macs(spec) for spec in seed.blocks()]
     budget = WidthBudget(1.0)
     final = [[BlockScores(spec.name, s, c) for spec, s, c in zip(seed.blocks(), r["epochs"][-1], costs)] for r in runs]
@@ -122,7 +122,7 @@ def analyse(recipe: str, runs: list[dict], pairs: int) -> dict:
     return {
         "recipe": recipe, **RECIPES[recipe], "runs": len(runs),
         "seconds_per_run": statistics.mean(r["seconds"] for r in runs),
-        "seed_val_top1": statistics.mean(r["val_top1"] for r in runs),
+        "supernet_val_top1": statistics.mean(r["val_top1"] for r in runs),
         "chance_tv_by_stage": chance,
         "ranking_stability": stability,
         "agreement_of_combined": agreement,
@@ -136,8 +136,8 @@ def _markdown(result: dict) -> str:
         f"Allocation agreement on Fashion-MNIST (demo setting: layers 1,1,1, width 12, {SUBSET:,} images, width "
         f"multiplier 1.0), {result['device']}, torch {result['torch']}. `python benchmarks/allocation_agreement.py`",
         "",
-        "Ratio = TV distance between two allocations, each combined from N seed networks (disjoint seeds), divided by "
-        "the TV between two random draws from the seed's pool (chance), by stage. Below 1: better than chance; the "
+        "Ratio = TV distance between two allocations, each combined from N supernets (disjoint seeds), divided by "
+        "the TV between two random draws from the supernet's pool (chance), by stage. Below 1: better than chance; the "
         "goal is at most 0.5 in every stage.",
         "",
         "| recipe | s/run | seed top-1 | N | combine | ratio stage 1 | stage 2 | stage 3 | pairs <= 0.5x everywhere |",
@@ -147,7 +147,7 @@ def _markdown(result: dict) -> str:
         for key, a in r["agreement_of_combined"].items():
             n, how = key.split(" ")
             cells = " | ".join(f"{v:.2f}" for v in a["ratio_by_stage"])
-            lines.append(f"| {r['recipe']} | {r['seconds_per_run']:.0f} | {100 * r['seed_val_top1']:.1f}% | {n[2:]} | "
+            lines.append(f"| {r['recipe']} | {r['seconds_per_run']:.0f} | {100 * r['supernet_val_top1']:.1f}% | {n[2:]} | "
                          f"{how} | {cells} | {100 * a['share_of_pairs_within_0.5x_in_every_stage']:.0f}% |")
     lines += ["", "Ranking stability (Spearman of a block's scores between consecutive epochs) and the single runs' "
               "shared preference (z of the mean allocation against the uniform split, by stage):", ""]

@@ -26,7 +26,7 @@ for mode in "" "--compile"; do
     --out "$out/latency-model-cuda-b16${mode:+-compile}.json" --check scalenet50_light,scalenet101,scalenet152 \
     | tee "$out/latency-model-cuda-b16${mode:+-compile}.txt"
 done
-# issue 22: one seed network per GPU (allocate --jobs = the number of GPUs, two networks per GPU in turn);
+# issue 22: one supernet per GPU (allocate --jobs = the number of GPUs, two networks per GPU in turn);
 # each run's checkpoint records the GPU its worker was given
 ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
 tmp="$(mktemp -d)"
@@ -39,7 +39,7 @@ from scalenet.checkpoint import read_state_dict
 for d in sorted(pathlib.Path(sys.argv[1]).glob("seed-*")):
     print(d.name, read_state_dict(d / "last.pt")["trained_on"])
 PY
-# the seed network of the ImageNet layout against ResNet-50 on the GPU: step time and batch-64 memory
+# the supernet of the ImageNet layout against ResNet-50 on the GPU: step time and batch-64 memory
 python benchmarks/seed_cost.py --device cuda --batch-size 64 --repeats 10 --out-dir "$out"
 python benchmarks/seed_cost.py --device cuda --batch-size 64 --repeats 10 --amp --out-dir "$out"
 # issue 30: the release's speed test in TensorFlow on the GPU (tf.function with and without XLA, batch 16 and 1).

@@ -1,13 +1,13 @@
 """What latency-aware allocation buys on this CPU: ImageNet layout, batch 16, 224 px.
 
-Selections (no training: from one seed run's scores, ``scalenet allocate --scores``'s path)
+Selections (no training: from one supernet run's scores, ``scalenet allocate --scores``'s path)
 under a MACs budget and under latency budgets predicted by the compiled cost model, then
 ResNet-50 (BN folded), the published ScaleNet-50 (fused) and every selection (fused) measured
 in the same process, interleaved, compiled (inductor, freezing) and eager; both cost models'
 predictions stand beside the measurements.
 
     .venv/bin/python benchmarks/fashion_mnist_folder.py /tmp/fm224
-    .venv/bin/scalenet allocate --data /tmp/fm224 --out /tmp/seed.json --width-mult 1.36 --repeats 1 --jobs 1 \\
+    .venv/bin/scalenet allocate --data /tmp/fm224 --out /tmp/supernet.json --width-mult 1.36 --repeats 1 --jobs 1 \\
         --epochs 1 --batch-size 16 --lr 0.01 --warmup 0.2 --workers 1
     .venv/bin/scalenet latency-model --out benchmarks/results/latency-model-amd-epyc-2-threads-compile.json \\
         --compile --configs 14 --repeats 5 --threads 2
@@ -31,7 +31,8 @@ import torchvision
 
 from scalenet import Structure
 from scalenet.allocation import LatencyBudget, MacsBudget, Selection, load_runs, select_runs
-from scalenet.bench import _count, _fold_bn, device_slug
+from scalenet.bench import _count, _fold_bn
+from scalenet.devices import device_slug
 from scalenet.factory import create_model
 from scalenet.fileio import atomic_write_text
 from scalenet.fuse import fuse
@@ -81,13 +82,13 @@ def measure(runners: dict[str, Callable[[], None]], label: str, repeats: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scores", required=True, help="the seed run's .scores.json")
+    ap.add_argument("--scores", required=True, help="the supernet run's .scores.json")
     ap.add_argument("--eager", required=True, help="eager cost model (b16, 224)")
     ap.add_argument("--compiled", required=True, help="compiled cost model (b16, 224)")
     ap.add_argument("--multiple-of", type=int, default=16)
     ap.add_argument("--alpha", type=float, default=1.0, help="scores per ms^alpha for the latency-aware selections")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--seed-note", default="one seed network, 1 epoch of 1,000 images of a 224-px ImageFolder made "
+    ap.add_argument("--seed-note", default="one supernet, 1 epoch of 1,000 images of a 224-px ImageFolder made "
                     "from Fashion-MNIST (benchmarks/fashion_mnist_folder.py), val top-1 33.5%")
     args = ap.parse_args()
     torch.set_num_threads(2)

@@ -1,5 +1,5 @@
-"""What the allocation costs on ImageNet-size data: the seed network of the ImageNet layout
-(``seed_structure((3, 4, 6, 3), stem="imagenet", width=64, image_size=224)``, C = planes neurons
+"""What the allocation costs on ImageNet-size data: the supernet of the ImageNet layout
+(``supernet_structure((3, 4, 6, 3), stem="imagenet", width=64, image_size=224)``, C = planes neurons
 per scale) against torchvision's ResNet-50, side by side in one process.
 
 - MACs and parameters (analytic for the seed, FlopCounterMode for ResNet-50);
@@ -7,9 +7,9 @@ per scale) against torchvision's ResNet-50, side by side in one process.
   repeats, and its ratio to ResNet-50's;
 - the peak memory of two training steps above the built model (on CPU a fresh process each,
   :func:`scalenet.bench.peak_step_memory_mb`; on CUDA the allocator's peak: activations,
-  gradients, momentum), and whether the seed network's weights fit the device
+  gradients, momentum), and whether the supernet's weights fit the device
   (:func:`scalenet.devices.check_memory`, the constructor's check);
-- the default allocation's projected cost (16 seed networks of one epoch each) in ResNet-50
+- the default allocation's projected cost (16 supernets of one epoch each) in ResNet-50
   epochs, by the step-time ratio and by the MACs ratio.
 
     .venv/bin/python benchmarks/seed_cost.py [--batch-size 8] [--repeats 5]
@@ -28,7 +28,7 @@ import torch
 import torchvision
 
 from scalenet import create_model
-from scalenet.allocation import DEFAULT_REPEATS, seed_structure
+from scalenet.allocation import DEFAULT_REPEATS, supernet_structure
 from scalenet.bench import _count, _runner, _sync, peak_step_memory_mb
 from scalenet.devices import check_memory, device_name, device_slug
 from scalenet.fileio import atomic_write_text
@@ -39,8 +39,8 @@ IMAGENET_TRAIN = 1_281_167
 
 
 def seed_network(model=None):
-    """The ImageNet layout's seed network (``model`` is ignored: the memory child's variant hook)."""
-    return create_model(seed_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"],
+    """The ImageNet layout's supernet (``model`` is ignored: the memory child's variant hook)."""
+    return create_model(supernet_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"],
                                        image_size=SEED["image_size"]))
 
 
@@ -69,13 +69,13 @@ def main() -> None:
         ap.error("--amp applies to --device cuda only (the CPU figures are fp32)")
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    seed = seed_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"], image_size=SEED["image_size"])
+    seed = supernet_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"], image_size=SEED["image_size"])
     check_memory(seed, device=dev)
-    models = {"resnet50": torchvision.models.resnet50(), "seed network": seed_network()}
+    models = {"resnet50": torchvision.models.resnet50(), "supernet": seed_network()}
     x = torch.randn(args.batch_size, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
     rows = {"resnet50": dict(zip(("macs", "params"), _count(models["resnet50"], 224))),
-            "seed network": {"macs": seed.macs(224), "params": seed.params()}}
+            "supernet": {"macs": seed.macs(224), "params": seed.params()}}
     # bench's training step (SGD, momentum 0.9), as scalenet bench --train times it
     steps = {k: _runner(m, dev, x, y, train=True, amp_dtype=torch.float16 if args.amp else None, compile=False,
                         cuda_graphs=False, freezing=False, channels_last=True) for k, m in models.items()}
@@ -87,11 +87,11 @@ def main() -> None:
     if dev.type == "cpu":
         variant = f"{Path(__file__).resolve()}:seed_network"
         rows["resnet50"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224)
-        rows["seed network"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224, variant)
+        rows["supernet"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224, variant)
     for k in rows:
         rows[k].update(times[k])
-    step_ratio = times["seed network"]["median_ms"] / times["resnet50"]["median_ms"]
-    macs_ratio = rows["seed network"]["macs"] / rows["resnet50"]["macs"]
+    step_ratio = times["supernet"]["median_ms"] / times["resnet50"]["median_ms"]
+    macs_ratio = rows["supernet"]["macs"] / rows["resnet50"]["macs"]
     name = device_name(dev)
     result = {
         "device": name, "torch": torch.__version__, "batch_size": args.batch_size, "image_size": 224,
@@ -105,14 +105,14 @@ def main() -> None:
     out = args.out_dir / (f"seed-cost-{device_slug(name)}" + ("" if default else f"-b{args.batch_size}")
                           + ("-amp" if args.amp else ""))
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    lines = [f"# Seed network of the ImageNet layout vs ResNet-50 ({name}, batch {args.batch_size}, 224 px, "
+    lines = [f"# Supernet of the ImageNet layout vs ResNet-50 ({name}, batch {args.batch_size}, 224 px, "
              f"channels_last, {result['precision']}, median of {args.repeats} interleaved training steps)", "",
              "| model | MACs | params | step ms | ratio | peak step memory MB |", "|---|---:|---:|---:|---:|---:|"]
     for k, r in rows.items():
         lines.append(f"| {k} | {r['macs'] / 1e9:.2f} G | {r['params'] / 1e6:.1f} M | {r['median_ms']:.0f} | "
                      f"{r['ratio_to_resnet50']:.2f}x | {r['peak_step_memory_mb']:.0f} |")
     e = result["allocation_in_resnet50_epochs"]
-    lines += ["", f"{DEFAULT_REPEATS} seed networks of one epoch each = {e['by_step_time']:.1f} ResNet-50 epochs by "
+    lines += ["", f"{DEFAULT_REPEATS} supernets of one epoch each = {e['by_step_time']:.1f} ResNet-50 epochs by "
                   f"step time ({e['by_macs']:.1f} by MACs)."]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

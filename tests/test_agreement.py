@@ -33,9 +33,9 @@ def test_chance_matches_the_exact_expectation():
 
 
 def test_report_of_identical_runs_with_a_shared_preference():
-    seed = structure([[4, 4]])
+    supernet = structure([[4, 4]])
     runs = [structure([[3, 1]])] * 4
-    report = agreement_report(runs, seed, draws=4000)
+    report = agreement_report(runs, supernet, draws=4000)
     stage = report["stages"][0]
     assert stage["tv"] == 0.0 and stage["ratio"] == 0.0
     assert stage["mean_shares"] == [0.75, 0.25] and stage["uniform_shares"] == [0.5, 0.5]
@@ -45,11 +45,11 @@ def test_report_of_identical_runs_with_a_shared_preference():
 
 
 def test_report_of_runs_without_a_preference():
-    seed = structure([[4, 4]])
-    report = agreement_report([structure([[2, 2]]), structure([[3, 1]]), structure([[1, 3]])], seed, draws=4000)
+    supernet = structure([[4, 4]])
+    report = agreement_report([structure([[2, 2]]), structure([[3, 1]]), structure([[1, 3]])], supernet, draws=4000)
     stage = report["stages"][0]
     assert stage["distance_from_uniform"] == 0.0 and stage["z"] < 0  # closer to uniform than random draws
     assert stage["tv"] == pytest.approx((0.25 + 0.25 + 0.5) / 3)
     assert stage["ratio"] == pytest.approx(stage["tv"] / stage["chance_tv"])
-    single = agreement_report([structure([[2, 2]])], seed)
+    single = agreement_report([structure([[2, 2]])], supernet)
     assert single["stages"][0]["tv"] is None and single["stages"][0]["ratio"] is None

@@ -16,26 +16,26 @@ from scalenet import Structure
 from scalenet.allocation import (
     LatencyCost,
     MacsBudget,
-    SeedRun,
+    SupernetRun,
     WidthBudget,
     load_runs,
     select_runs,
     weigh_by_cost,
-    SeedSettings,
+    SupernetSettings,
 )
 from scalenet.cli import main
 from scalenet.data import build_data, read_image
 from scalenet.latency import StageCost
 
 from helpers import make_image_folder
-from test_latency_budget import COSTS, fake_model, here, random_scores, seed  # noqa: F401 (seed: a fixture)
+from test_latency_budget import COSTS, fake_model, here, random_scores, supernet  # noqa: F401 (supernet: a fixture)
 
 
 @pytest.fixture
-def sidecar(tmp_path, seed):  # noqa: F811
-    runs = [SeedRun(seed=s, scores=random_scores(seed, s), structure=seed) for s in (0, 1)]
-    settings = SeedSettings(data="fake", image_size=32, num_classes=10, in_chans=3)
-    select_runs(runs, seed, WidthBudget(1.0), settings).save(tmp_path / "first.json")
+def sidecar(tmp_path, supernet):  # noqa: F811
+    runs = [SupernetRun(seed=s, scores=random_scores(supernet, s), structure=supernet) for s in (0, 1)]
+    settings = SupernetSettings(data="fake", image_size=32, num_classes=10, in_chans=3)
+    select_runs(runs, supernet, WidthBudget(1.0), settings).save(tmp_path / "first.json")
     return tmp_path / "first.scores.json"
 
 
@@ -65,7 +65,7 @@ def test_a_budget_or_alpha_that_is_not_a_finite_number_is_refused(tmp_path, side
         refused(capsys, ["allocate", "--scores", sidecar, "--out", out, "--alpha", value], "--alpha")
     refused(capsys, ["study", "--data", "fashion-mnist", "--out", tmp_path / "s", "--width-mult", value], "--width-mult")
     assert not out.exists() and not (tmp_path / "s").exists()
-    with pytest.raises(ValueError, match="--width-mult must be positive"):
+    with pytest.raises(ValueError, match="width_mult must be positive"):
         WidthBudget(float(value))
 
 
@@ -78,11 +78,11 @@ def test_a_structure_file_with_a_non_finite_count_names_the_file_and_the_row(tmp
         refused(capsys, argv, f"{path}: row 1 entry 2 is")
 
 
-def test_a_large_alpha_and_a_free_neuron_rank_without_dividing_by_zero(seed):  # noqa: F811
+def test_a_large_alpha_and_a_free_neuron_rank_without_dividing_by_zero(supernet):  # noqa: F811
     model = fake_model()
     model.stages[0] = StageCost(3.0, [0.5, 0.8, 1.1, 6.0], [0.02, 0.0, 0.01, 0.012])  # x2 neurons cost 0 ms
-    costs = LatencyCost(model, seed)
-    scores = random_scores(seed)
+    costs = LatencyCost(model, supernet)
+    scores = random_scores(supernet)
     for alpha in (1.0, 30.0, 1e6):
         weighed = weigh_by_cost(scores, costs, alpha)
         values = [v for b in weighed for row in b.scores for v in row]
@@ -91,13 +91,13 @@ def test_a_large_alpha_and_a_free_neuron_rank_without_dividing_by_zero(seed):  #
         first = weighed[0]
         assert min(first.scores[1]) > max(max(first.scores[i]) for i in (0, 2, 3)), alpha
     for bad in (math.nan, math.inf, -1.0):
-        with pytest.raises(ValueError, match="--alpha must be a finite number, 0 or more"):
+        with pytest.raises(ValueError, match="alpha must be a finite number, 0 or more"):
             weigh_by_cost(scores, costs, bad)
 
 
 # ---------------------------------------------------------------------------- options that cannot apply
-def test_alpha_weighs_a_reselection_under_a_macs_budget_and_is_recorded(tmp_path, sidecar, seed, capsys):  # noqa: F811
-    macs = int(MacsBudget(1).bind(seed, 10, 3).costs.highest * 0.5)
+def test_alpha_weighs_a_reselection_under_a_macs_budget_and_is_recorded(tmp_path, sidecar, supernet, capsys):  # noqa: F811
+    macs = int(MacsBudget(1).bind(supernet, 10, 3).costs.highest * 0.5)
     rows = {}
     for alpha in ("0", "1"):
         out = tmp_path / f"a{alpha}.json"
@@ -129,7 +129,7 @@ def test_old_scores_weighed_at_scoring_time_are_unweighed_on_load(tmp_path, side
             assert np.allclose(x / x.max(), y, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("option", [["--layers", "1,1,1"], ["--scales", "1,2"], ["--seed-width", "4"],
+@pytest.mark.parametrize("option", [["--layers", "1,1,1"], ["--scales", "1,2"], ["--supernet-width", "4"],
                                     ["--repeats", "3"], ["--sparsity", "0.001"], ["--epochs", "2"], ["--lr", "0.1"],
                                     ["--jobs", "1"], ["--seed", "3"]])
 def test_training_options_with_scores_are_refused(tmp_path, sidecar, capsys, option):
@@ -150,9 +150,9 @@ def test_latency_options_without_a_latency_budget_are_refused(tmp_path, sidecar,
             "--run-dir does not apply without --then-train")
 
 
-def test_a_width_multiplier_beyond_the_seed_is_refused_like_a_macs_target_beyond_it(tmp_path, sidecar, capsys):
+def test_a_width_multiplier_beyond_the_supernet_is_refused_like_a_macs_target_beyond_it(tmp_path, sidecar, capsys):
     refused(capsys, ["allocate", "--scores", sidecar, "--out", tmp_path / "x.json", "--width-mult", "100"],
-            "impossible budget: --width-mult 100 keeps 800 neurons in layer1.0, but the seed network has 32 there")
+            "impossible budget: --width-mult 100 keeps 800 neurons in layer1.0, but the supernet has 32 there")
     assert main(["allocate", "--scores", str(sidecar), "--out", str(tmp_path / "y.json"), "--width-mult", "4"]) == 0
 
 
@@ -306,7 +306,7 @@ def test_export_latency_model_and_bench_refuse_existing_outputs_before_the_work(
     monkeypatch.setattr(scalenet.cli.models, "measure_latency_model", lambda *a, **k: pytest.fail("measured"))
     refused(capsys, ["latency-model", "--out", model], "cpu.json exists; pass --force")
     monkeypatch.setattr(scalenet.cli.models, "run_bench", lambda *a, **k: pytest.fail("timed"))
-    js, _ = scalenet.bench.result_paths(tmp_path, scalenet.bench.device_name(torch.device("cpu")), "inference", 16,
+    js, _ = scalenet.bench.result_paths(tmp_path, scalenet.devices.device_name(torch.device("cpu")), "inference", 16,
                                         False, False, None)
     js.write_text("{}")
     refused(capsys, ["bench", "--out-dir", tmp_path], f"{js.name} (results of the same device and settings) exists")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from scalenet.bench import format_table, run_bench, save_results
+from scalenet.bench import format_bench_table, run_bench, save_results
 from scalenet.cli import main
 
 
@@ -19,7 +19,7 @@ def test_bench_rows_ratios_and_files(tmp_path):
     assert s["min_ms"] <= s["median_ms"]
     js, md = save_results(result, tmp_path)
     assert json.loads(js.read_text())["models"].keys() == rows.keys()
-    assert "| scalenet50 (fused) |" in md.read_text() and "batch 1" in format_table(result)
+    assert "| scalenet50 (fused) |" in md.read_text() and "batch 1" in format_bench_table(result)
 
 
 def test_bench_bad_input(capsys):
@@ -37,7 +37,7 @@ def test_cpu_training_rows_have_throughput_and_peak_memory():
         assert r["peak_memory_mb"] > 0  # measured in a fresh process per model
     # the step's peak holds at least the gradients and momentum (two copies of the parameters)
     assert rows["resnet50"]["peak_memory_mb"] > 2 * rows["resnet50"]["params"] * 4 / 2**20
-    assert "| n/a |" not in format_table(result)
+    assert "| n/a |" not in format_bench_table(result)
 
 
 def test_cuda_graphs_need_cuda(capsys):
@@ -63,7 +63,7 @@ def test_compile_freezes_inference_only(monkeypatch, train):
     assert len(calls) == 2  # ResNet-50 and the ScaleNet, alike
     assert all(c == ({} if train else {"options": {"freezing": True}}) for c in calls)
     assert result["freezing"] is (not train)
-    assert ("torch.compile (freezing)" in format_table(result)) is (not train)
+    assert ("torch.compile (freezing)" in format_bench_table(result)) is (not train)
 
 
 def test_result_files_are_named_after_the_device(tmp_path):

@@ -304,7 +304,7 @@ def test_freeze_stages_trains_only_the_later_stages_and_the_head(tmp_path, folde
             continue
         assert changed != frozen, k  # frozen: weights and BN statistics untouched; the rest trained
     assert start is not None
-    with pytest.raises(ValueError, match="--freeze-stages must be between 0 and 2"):
+    with pytest.raises(ValueError, match="freeze_stages must be between 0 and 2"):
         create_model(structure).freeze_stages(3)
 
 

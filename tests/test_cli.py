@@ -9,6 +9,7 @@ from scalenet import Structure
 from scalenet.cli import main
 
 from conftest import PUBLISHED
+from helpers import refused
 
 
 def run(*args):
@@ -87,7 +88,7 @@ def test_unknown_name_and_console_script():
 def test_help_defaults_come_from_the_config_dataclasses():
     from scalenet.cli import build_parser
     from scalenet.detection import DetectConfig
-    from scalenet.allocation import SEED_IMAGES
+    from scalenet.allocation import SUPERNET_IMAGES
     from scalenet.training import TrainConfig
 
     parser = build_parser()
@@ -99,7 +100,7 @@ def test_help_defaults_come_from_the_config_dataclasses():
     assert help_of("train", "--epochs") == f"default {TrainConfig().epochs}"
     assert help_of("train", "--batch-size") == f"default {TrainConfig().batch_size}"
     assert f"(default {TrainConfig().wd})" in help_of("train", "--wd")
-    assert help_of("allocate", "--epochs") == f"default the fewest that show each seed network {SEED_IMAGES:,} images"
+    assert help_of("allocate", "--epochs") == f"default the fewest that show each supernet {SUPERNET_IMAGES:,} images"
     assert help_of("detect-train", "--lr").startswith(f"default {DetectConfig().lr} ")
     assert f"(default {DetectConfig().min_size}," in help_of("detect-train", "--min-size")
 
@@ -127,9 +128,9 @@ def test_augment_and_resume_mean_the_same_in_every_command(tmp_path, capsys):
         assert parse([*command, "--resume"]).resume is True
         assert parse([*command, "--resume", "auto"]).resume == "auto"
         assert parse(command).resume is False
-    # allocate's strict resume: there must be seed runs to continue (refused before any data is read)
+    # allocate's strict resume: there must be supernet runs to continue (refused before any data is read)
     assert main([*allocate, "--resume"]) == 2
-    assert capsys.readouterr().err.strip() == (f"scalenet: error: --resume: no seed runs in {tmp_path / 'a.runs'}; "
+    assert capsys.readouterr().err.strip() == (f"scalenet: error: --resume: no supernet runs in {tmp_path / 'a.runs'}; "
                                                "start without --resume (or --resume auto)")
 
 
@@ -137,3 +138,54 @@ def test_refusals_name_the_option_as_typed(tmp_path, capsys):
     sidecar = tmp_path / "x.scores.json"
     assert main(["allocate", "--scores", str(sidecar), "--out", str(tmp_path / "y.json"), "--no-augment"]) == 2
     assert "--no-augment does not apply with --scores" in capsys.readouterr().err
+
+
+def test_old_spellings_still_work_hidden_from_help_with_a_note(tmp_path, capsys):
+    """Flags renamed with the supernet (format 2) keep their old spelling as a hidden alias."""
+    from scalenet.cli import build_parser
+
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    common = ["allocate", "--data", "fashion-mnist", "--layers", "1,1", "--width", "8"]
+    assert main([*common, "--write-supernet", str(new), "--supernet-width", "6"]) == 0
+    assert "note" not in capsys.readouterr().err
+    assert main([*common, "--write-seed", str(old), "--seed-width", "6"]) == 0
+    err = capsys.readouterr().err
+    assert "--write-seed is now spelled --write-supernet" in err and "--seed-width is now spelled --supernet-width" in err
+    assert old.read_text() == new.read_text()
+    commands = build_parser().commands
+    for command, pairs in {"allocate": [("--write-seed", "--write-supernet"), ("--seed-width", "--supernet-width")],
+                           "study": [("--seed-epochs", "--supernet-epochs"), ("--seed-subset", "--supernet-subset")]}.items():
+        text = commands[command].format_help()
+        actions = {o: a for a in commands[command]._actions for o in a.option_strings}
+        for was, now in pairs:
+            assert was not in text and now in text
+            assert actions[was].dest == actions[now].dest and actions[was].type is actions[now].type
+    # a refusal names an old spelling as typed
+    sidecar = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "demo-quick-cpu" / "scalenet.scores.json"
+    assert main(["allocate", "--scores", str(sidecar), "--seed-width", "6", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("scalenet: note:") and "--seed-width does not apply with --scores" in err[1]
+
+
+def test_a_library_error_names_the_setting_and_the_cli_its_flag(tmp_path, capsys):
+    import pickle
+
+    from scalenet.allocation import WidthBudget
+    from scalenet.errors import SettingError
+
+    with pytest.raises(SettingError) as e:
+        WidthBudget(0.0)
+    assert str(e.value) == "width_mult must be positive and finite, got 0.0" and e.value.settings == ("width_mult",)
+    sidecar = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "demo-quick-cpu" / "scalenet.scores.json"
+    refused(capsys, ["allocate", "--scores", sidecar, "--width-mult", "9", "--out", tmp_path / "x.json"],
+            "impossible budget: --width-mult 9 keeps")
+    refused(capsys, ["allocate", "--scores", sidecar, "--width-mult", "9", "--out", tmp_path / "x.json"],
+            "or raise --supernet-width")
+    # values, switches, names without an option, braces that mark nothing; and across processes
+    e = SettingError("pass {resume='auto'} or {resume=True}; {scope='global'}; {other} and {unmarked}",
+                     "resume", "scope", "other")
+    assert str(e) == "pass resume='auto' or resume=True; scope='global'; other and {unmarked}"
+    spelled = e.render({"resume": "--resume", "scope": "--scope"}.get)
+    assert spelled == "pass --resume auto or --resume; --scope global; other and {unmarked}"
+    again = pickle.loads(pickle.dumps(e))
+    assert type(again) is SettingError and again.render({"resume": "--resume", "scope": "--scope"}.get) == spelled

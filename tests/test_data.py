@@ -77,13 +77,13 @@ def test_tensor_decoders_give_the_evaluation_images_of_pil(folder, decode):
 
 
 def test_unknown_decoder_is_a_clear_error(folder):
-    with pytest.raises(ValueError, match="--decode 'cv2' is not one of pil, torchvision, torchcodec"):
+    with pytest.raises(ValueError, match="decode 'cv2' is not one of pil, torchvision, torchcodec"):
         build_data(folder, decode="cv2")
 
 
 def test_a_decoder_for_a_data_set_that_is_not_decoded_is_refused():
-    with pytest.raises(ValueError, match="^--decode torchvision applies to image folders; fashion-mnist is read from its "
-                                         "IDX files, not decoded: drop --decode$"):
+    with pytest.raises(ValueError, match="^decode torchvision applies to image folders; fashion-mnist is read from its "
+                                         "IDX files, not decoded: drop decode$"):
         build_data("fashion-mnist", decode="torchvision")
 
 

@@ -32,8 +32,8 @@ def test_baselines_match_the_macs_within_1_percent():
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="Fashion-MNIST is not installed (make test installs it)")
 def test_demo_end_to_end_on_a_tiny_profile(tmp_path):
     tiny = DemoProfile(
-        name="tiny", note="tiny test profile", test_subset=500, seed_jobs=1,
-        study=StudyConfig(layers=(1, 1), width=8, width_mult=1.0, seed_epochs=1, seed_subset=256, train_subset=512,
+        name="tiny", note="tiny test profile", test_subset=500, supernet_jobs=1,
+        study=StudyConfig(layers=(1, 1), width=8, width_mult=1.0, supernet_epochs=1, supernet_subset=256, train_subset=512,
                           seeds=2, val_subset=256, repeats=2, jobs=1,
                           train=TrainConfig(epochs=1, batch_size=64, lr=0.05, wd=5e-4, warmup=0, augment=False,
                                             channels_last=True)),

@@ -14,7 +14,8 @@ import scalenet.study as study
 import scalenet.study.runner as runner
 from scalenet import Structure
 from scalenet.checkpoint import read_state_dict
-from scalenet.allocation import seed_structure, stage_summary
+from scalenet.allocation import current_keys, supernet_structure
+from scalenet.report import stage_summary
 from scalenet.cli import main
 from scalenet.stats import paired_interval, t_quantile
 from scalenet.study import ARMS, StudyConfig, arm_structure, run_study
@@ -36,11 +37,11 @@ def test_t_quantiles_and_the_paired_interval_on_fixed_numbers():
 
 
 def test_every_arm_matches_the_learned_macs_within_one_percent():
-    seed = seed_structure((1, 1, 1), stem="small", width=12, image_size=28)
+    supernet = supernet_structure((1, 1, 1), stem="small", width=12, image_size=28)
     learned = Structure.from_channels([[4, 4, 1, 3], [2, 3, 12, 7], [4, 15, 15, 14]], (1, 1, 1), stem="small",
                                       width=12, image_size=28, name="learned")
     target = learned.macs(None, 10, 1)
-    got = {arm: arm_structure(arm, seed, target, 10, 1, random_seed=3) for arm in ARMS if arm != "learned"}
+    got = {arm: arm_structure(arm, supernet, target, 10, 1, random_seed=3) for arm in ARMS if arm != "learned"}
     for arm, s in got.items():
         assert abs(s.macs(None, 10, 1) - target) <= 0.01 * target, arm
     assert got["resnet"].scales == (1,)
@@ -48,16 +49,16 @@ def test_every_arm_matches_the_learned_macs_within_one_percent():
     assert all(max(r) - min(r) <= 1 for r in uniform_rows)  # as even as integers allow
     shares = [s["share"] for s in stage_summary(got["heuristic"])]
     assert shares[0][0] > shares[-1][0] + 0.2  # fine early, coarse late
-    other = arm_structure("random", seed, target, 10, 1, random_seed=4)
+    other = arm_structure("random", supernet, target, 10, 1, random_seed=4)
     assert other.rows != got["random"].rows  # a fresh draw per seed
     with pytest.raises(ValueError, match="the resnet arm cannot match 1,000 MACs within 1%"):
-        arm_structure("resnet", seed, 1000, 10, 1)
+        arm_structure("resnet", supernet, 1000, 10, 1)
 
 
 def _tiny(tmp_path, **kw):
     folder = make_image_folder(tmp_path / "data", classes=3, per_class=16, size=16)
-    base = dict(data=str(folder), seeds=2, layers=(1, 1), width=8, epochs=1, batch_size=8, repeats=1, seed_epochs=1,
-                seed_subset=None, val_subset=None, jobs=1, progress=False)
+    base = dict(data=str(folder), seeds=2, layers=(1, 1), width=8, epochs=1, batch_size=8, repeats=1, supernet_epochs=1,
+                supernet_subset=None, val_subset=None, jobs=1, progress=False)
     return StudyConfig.from_settings({**base, **kw})
 
 
@@ -65,7 +66,7 @@ def test_study_resumes_after_a_kill_without_retraining_finished_runs(tmp_path, m
     cfg = _tiny(tmp_path)
     out = tmp_path / "study"
     args = ["study", "--data", cfg.data, "--out", str(out), "--seeds", "2", "--layers", "1,1", "--width", "8",
-            "--epochs", "1", "--batch-size", "8", "--repeats", "1", "--seed-epochs", "1", "--jobs", "1", "--no-progress"]
+            "--epochs", "1", "--batch-size", "8", "--repeats", "1", "--supernet-epochs", "1", "--jobs", "1", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "scalenet", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while len(list((out / "results").glob("*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -162,11 +163,11 @@ def test_arms_matched_in_measured_latency_the_plain_resnet_included(tmp_path, mo
         measured = lat["measured_ms"][arm]
         assert abs(measured / lat["target_ms"] - 1) <= 0.05, arm
         # the selection kept the calibrated predicted budget: at most it, within 1% below
-        assert 0.99 * lat["budget"][arm]["ms"] <= lat["predicted_ms"][arm] <= lat["budget"][arm]["ms"], arm
+        assert 0.99 * lat["budget"][arm]["latency_ms"] <= lat["predicted_ms"][arm] <= lat["budget"][arm]["latency_ms"], arm
         assert measured == pytest.approx(factor[arm] * lat["predicted_ms"][arm])
     first = lat["rounds"][0]  # under the predicted budget alone the plain ResNet measured 18% too fast
     assert first["measured_ms"]["resnet"] / first["target_ms"] < 0.85
-    assert lat["budget"]["resnet"]["ms"] > 1.15 * first["budget"]["resnet"]["ms"] and lat["budget"]["learned"] is None
+    assert lat["budget"]["resnet"]["latency_ms"] > 1.15 * first["budget"]["resnet"]["latency_ms"] and lat["budget"]["learned"] is None
     assert len(lat["rounds"]) == len(timed) >= 2 and sorted(timed[0]) == sorted(cfg.arms)
     md = (tmp_path / "s" / "study.md").read_text()
     assert "measured latency (within 5%)" in md and "| budget (predicted ms, or MACs) | predicted ms | measured ms |" in md
@@ -189,7 +190,7 @@ def test_an_arm_whose_measurement_never_lands_is_refused_before_any_training(tmp
     _fake_latency(tmp_path, monkeypatch, lambda name, s, r: (0.92 if r % 2 else 1.08) if name == "resnet" else 1.0)
     cfg = _tiny(tmp_path, arms=("learned", "resnet"), latency_model=str(tmp_path / "cpu.json"))
     with pytest.raises(ValueError, match=r"the resnet arm measures .* ms after 4 calibration rounds, .*% from the "
-                                         r"target .* ms; .* raise --latency-tolerance \(now 0.05\)"):
+                                         r"target .* ms; .* raise latency_tolerance \(now 0.05\)"):
         run_study(cfg, tmp_path / "s")
     assert not (tmp_path / "s" / "latency.json").exists() and not list((tmp_path / "s" / "results").iterdir())
 
@@ -211,7 +212,7 @@ def test_a_rule_arm_the_cost_model_cannot_bring_to_the_target_is_matched_in_meas
     cfg = _tiny(tmp_path, arms=("learned", "uniform", "resnet"), latency_model=str(tmp_path / "cpu.json"))
     report = run_study(cfg, tmp_path / "s")
     lat = report["latency"]
-    assert "ms" in lat["budget"]["uniform"] and set(lat["budget"]["resnet"]) == {"macs"}
+    assert set(lat["budget"]["uniform"]) == {"latency_ms"} and set(lat["budget"]["resnet"]) == {"macs"}
     assert set(lat["rounds"][0]["budget"]["resnet"]) == {"macs"}  # the learned arm's MACs to start
     assert abs(lat["measured_ms"]["resnet"] / lat["target_ms"] - 1) <= 0.05
     resnet = Structure.load(tmp_path / "s" / "structures" / "resnet.json")
@@ -236,7 +237,7 @@ def test_latency_tolerance_outside_a_latency_study_or_out_of_range_is_refused(tm
 def test_torchrun_trains_every_run_with_ddp_survives_a_lost_worker_and_rank_0_writes(tmp_path):
     folder = make_image_folder(tmp_path / "data", classes=3, per_class=16, size=16)
     args = ["study", "--data", str(folder), "--arms", "learned,uniform", "--seeds", "2", "--layers", "1,1", "--width", "8",
-            "--epochs", "2", "--batch-size", "8", "--repeats", "2", "--seed-epochs", "1", "--no-progress"]
+            "--epochs", "2", "--batch-size", "8", "--repeats", "2", "--supernet-epochs", "1", "--no-progress"]
 
     def run(out, restarts: int = 0, kill: bool = False) -> str:
         def second_run_checkpointed() -> bool:  # SIGKILL a worker during the second study run
@@ -268,8 +269,10 @@ def test_the_committed_study_folders_load_as_the_study_they_were(name, tmp_path)
 
     folder = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"study-fashion-mnist-{name}"
     saved = json.loads((folder / "settings.json").read_text())
+    assert "seed_epochs" in saved and "seed_subset" in saved  # written before format 2
     cfg = StudyConfig.from_settings(saved)
-    assert {k: v for k, v in cfg.settings().items() if k in saved} == saved  # newer entries are None there
+    now = current_keys(saved)  # format 2 names
+    assert {k: v for k, v in cfg.settings().items() if k in now} == now  # newer entries are None there
     copy = shutil.copytree(folder, tmp_path / folder.name)
     if name == "latency":  # matched in predicted latency, before calibration existed: another study now
         with pytest.raises(ValueError, match="holds a study with other settings \\(latency_tolerance\\)"):
@@ -288,4 +291,5 @@ def test_the_committed_study_folders_load_as_the_study_they_were(name, tmp_path)
         for arm, recorded in record.items():
             budget = budget_from_record(a, recorded)
             assert budget is None or isinstance(budget, (LatencyBudget, MacsBudget))
-            assert budget_record(budget) == recorded
+            assert budget_record(budget) == (recorded if recorded is None or "ms" not in recorded
+                                             else {"latency_ms": recorded["ms"]})  # format 1 wrote "ms"

@@ -84,10 +84,10 @@ def test_run_dir_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
     assert run.prepare(resume="auto") is False  # nothing there: auto starts fresh
     assert run.prepare(resume=False) is False
     run.save_step({"format": "toy", "model": {}, "epoch": 0, "step": 3})
-    with pytest.raises(ValueError, match=r"already holds a run \(step-e0001-s0000003.pt\); pass --resume"):
+    with pytest.raises(ValueError, match=r"already holds a run \(step-e0001-s0000003.pt\); pass resume=True"):
         run.prepare(resume=False)  # a step checkpoint alone is a run too
     run.save({"format": "toy", "model": {}}, {"epoch": 1}, improved=False)
-    with pytest.raises(ValueError, match=r"already holds a run \(last.pt\); pass --resume"):
+    with pytest.raises(ValueError, match=r"already holds a run \(last.pt\); pass resume=True"):
         run.prepare(resume=False)
     assert run.prepare(resume=True) is True and run.prepare(resume="auto") is True
     (tmp_path / "file").write_text("")
@@ -217,7 +217,7 @@ def test_in_processes_keeps_the_order_splits_the_cores_and_reports_each_result()
     assert [r[0] for r in results] == [1, 4, 9] and sorted(seen) == [0, 1, 2]
     assert all(r[1] == max(1, torch.get_num_threads() // 2) for r in results)
     assert [r[0] for r in in_processes(_square_and_threads, [4], jobs=1)] == [16]
-    with pytest.raises(ValueError, match="--jobs must be 1 or more"):
+    with pytest.raises(ValueError, match="jobs must be 1 or more"):
         in_processes(_square_and_threads, [1], jobs=0)
 
 
@@ -246,7 +246,7 @@ def test_each_worker_owns_one_gpu_and_trainings_at_the_same_time_never_share_one
     # show it on a machine without a GPU
     results = in_processes(_gpu_of_worker, [0.4, 0.1, 0.3, 0.2, 0.1], jobs=2, devices=["3", "5"])
     _check_one_gpu_per_worker(results, ["3", "5"])
-    with pytest.raises(ValueError, match="--jobs 3: only 2 GPU"):
+    with pytest.raises(ValueError, match="jobs 3: only 2 GPU"):
         in_processes(_gpu_of_worker, [0.0] * 3, jobs=3, devices=["3", "5"])
 
 
@@ -255,7 +255,7 @@ def test_under_torchrun_every_training_runs_alone_with_ddp_and_jobs_is_refused(m
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert jobs_for(None, 16, "study runs") == 1 and jobs_for(1, 16, "study runs") == 1
     with pytest.raises(ValueError, match="under torchrun the study runs train one after another, each with DDP across "
-                                         "all ranks; drop --jobs"):
+                                         "all ranks; drop jobs"):
         jobs_for(2, 16, "study runs")
 
 
@@ -273,7 +273,7 @@ def test_with_gpus_the_default_is_one_training_per_gpu_of_those_the_caller_shows
     results = in_processes(_gpu_of_worker, [0.3, 0.1, 0.2, 0.1], jobs=2)  # devices default to gpu_slots()
     _check_one_gpu_per_worker(results, ["2", "7"])
     check_jobs(2)
-    with pytest.raises(ValueError, match=r"--jobs 3: this machine has 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES 2,7\)"):
+    with pytest.raises(ValueError, match=r"jobs 3: this machine has 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES 2,7\)"):
         check_jobs(3)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert gpu_slots() == ["0", "1"]
@@ -388,7 +388,7 @@ def test_sigterm_finishes_the_step_saves_the_position_and_the_run_continues_exac
 def test_save_every_must_be_positive(tmp_path):
     model, updater, loader, task = _setup()
     for bad in (0, -1.0):
-        with pytest.raises(ValueError, match=f"--save-every must be a positive number of minutes, got {bad}"):
+        with pytest.raises(ValueError, match=f"save_every must be a positive number of minutes, got {bad}"):
             fit(task, model, updater, loader, saver(RunDir(tmp_path / "r", "toy"), save_every=bad), epochs=1, d=DistContext(), progress=False)
 
 

@@ -5,7 +5,7 @@ the total-variation distance of their scale shares, ``TV = 0.5 * sum |a - b|`` (
 shares; 1: no scale in common), per block and per stage (the blocks of a stage summed).
 
 Chance is what allocations that carry no information would give: each block's kept neurons
-drawn at random, without replacement, from the seed network's pool (as many as the allocation
+drawn at random, without replacement, from the supernet's pool (as many as the allocation
 keeps). Two quantities answer "is there signal?":
 
 - **agreement**: the mean pairwise TV between runs that differ only in their seed, next to the
@@ -62,12 +62,12 @@ def _mean_pairwise_tv(vectors: list[list[float]]) -> float:
 
 
 class Chance:
-    """Random allocations from ``seed``'s pool: each block keeps ``kept[b]`` neurons drawn without
+    """Random allocations from ``supernet``'s pool: each block keeps ``kept[b]`` neurons drawn without
     replacement (a multivariate hypergeometric draw over the scales), ``draws`` times."""
 
-    def __init__(self, seed: Structure, kept: Sequence[int], draws: int = 2000, rng_seed: int = 0):
-        self.layers, self.kept, self.draws = seed.layers, list(kept), draws
-        self.pool = block_counts(seed)
+    def __init__(self, supernet: Structure, kept: Sequence[int], draws: int = 2000, rng_seed: int = 0):
+        self.layers, self.kept, self.draws = supernet.layers, list(kept), draws
+        self.pool = block_counts(supernet)
         self.rng = np.random.default_rng(rng_seed)
         self.a, self.b = self._draw(), self._draw()  # two independent sets, for pairwise distances
 
@@ -107,25 +107,26 @@ def _tv_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs(sa - sb).sum(-1)
 
 
-def agreement_report(runs: Sequence[Structure], seed: Structure, *, draws: int = 2000, rng_seed: int = 0) -> dict[str, Any]:
-    """Agreement of ``runs`` (allocations that differ only in their seed network's seed) and their
+def agreement_report(runs: Sequence[Structure], supernet: Structure, *, draws: int = 2000,
+                     rng_seed: int = 0) -> dict[str, Any]:
+    """Agreement of ``runs`` (allocations that differ only in their supernets' random seed) and their
     shared preference, per block and per stage, each next to chance (see the module docs)."""
     counts = [block_counts(r) for r in runs]
-    kept = [round(statistics.mean(sum(c[b]) for c in counts)) for b in range(len(seed.rows))]
-    chance = Chance(seed, kept, draws, rng_seed)
+    kept = [round(statistics.mean(sum(c[b]) for c in counts)) for b in range(len(supernet.rows))]
+    chance = Chance(supernet, kept, draws, rng_seed)
     n = len(runs)
     block_tv = [_mean_pairwise_tv([shares(c[b]) for c in counts]) for b in range(len(kept))]
-    stages = [stage_counts(c, seed.layers) for c in counts]
-    stage_tv = [_mean_pairwise_tv([shares(s[i]) for s in stages]) for i in range(len(seed.layers))]
-    mean_stage = [shares([statistics.mean(s[i][j] for s in stages) for j in range(len(seed.scales))])
-                  for i in range(len(seed.layers))]
+    stages = [stage_counts(c, supernet.layers) for c in counts]
+    stage_tv = [_mean_pairwise_tv([shares(s[i]) for s in stages]) for i in range(len(supernet.layers))]
+    mean_stage = [shares([statistics.mean(s[i][j] for s in stages) for j in range(len(supernet.scales))])
+                  for i in range(len(supernet.layers))]
     distance = [tv(m, u) for m, u in zip(mean_stage, chance.uniform_stage_shares())]
     d_mean, d_sd = chance.distance_from_uniform(n)
     chance_block, chance_stage = chance.block_tv(), chance.stage_tv()
     return {
         "runs": n,
         "draws": draws,
-        "scales": list(seed.scales),
+        "scales": list(supernet.scales),
         "stages": [
             {
                 "stage": i + 1,
@@ -139,13 +140,13 @@ def agreement_report(runs: Sequence[Structure], seed: Structure, *, draws: int =
                 "chance_distance_sd": d_sd[i],
                 "z": (distance[i] - d_mean[i]) / d_sd[i] if d_sd[i] else None,
             }
-            for i in range(len(seed.layers))
+            for i in range(len(supernet.layers))
         ],
         "blocks": [
             {"block": spec.name, "tv": block_tv[b] if n > 1 else None, "chance_tv": chance_block[b],
              "ratio": block_tv[b] / chance_block[b] if n > 1 and chance_block[b] else None,
              "shares": [shares(c[b]) for c in counts]}
-            for b, spec in enumerate(seed.blocks())
+            for b, spec in enumerate(supernet.blocks())
         ],
     }
 
@@ -154,7 +155,8 @@ def format_agreement(report: dict[str, Any]) -> str:
     """The per-stage agreement table printed by ``scalenet allocate``."""
     head = " ".join(f"x{s}".rjust(6) for s in report["scales"])
     lines = [
-        f"agreement of {report['runs']} seed network(s) (TV of scale shares; chance: random draws from the seed's pool)",
+        f"agreement of {report['runs']} supernet(s) (TV of scale shares; chance: random draws from the "
+        "supernet's pool)",
         f"{'stage':>5} | {'TV':>6} {'chance':>6} {'ratio':>6} | mean share {head} | {'from uniform':>12} {'z':>6}",
     ]
     for s in report["stages"]:

@@ -22,14 +22,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .compat import require
-from .devices import device_name, device_slug  # noqa: F401 (re-exported: scalenet.bench names them)
+from .devices import device_name, device_slug
+from .errors import SettingError
 from .factory import create_model
 from .export import export_onnx
 from .fileio import atomic_write_text, check_output_files
 from .fuse import fuse
 from .timing import interleaved, summarize
 
-__all__ = ["peer_models", "run_bench", "format_table", "device_name", "device_slug", "peak_step_memory_mb"]
+__all__ = ["peer_models", "run_bench", "format_bench_table", "peak_step_memory_mb"]
 
 
 def _fold_bn(model: nn.Module) -> nn.Module:
@@ -77,9 +78,9 @@ def check_bench(device: str, train: bool, models: list[str] | None, cuda_graphs:
     """The device, the models and the precision of a benchmark, or one clear line (before any work)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+        raise SettingError("{device='cuda'}: no CUDA device is available here; use {device='cpu'}", "device")
     if cuda_graphs and dev.type != "cuda":
-        raise ValueError("--cuda-graphs needs --device cuda")
+        raise SettingError("{cuda_graphs=True} needs {device='cuda'}", "cuda_graphs", "device")
     builders = peer_models(train)
     if models:
         unknown = [m for m in models if m not in builders]
@@ -88,8 +89,8 @@ def check_bench(device: str, train: bool, models: list[str] | None, cuda_graphs:
         builders = {k: v for k, v in builders.items() if k in models or k == "resnet50"}
     precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
     if precision not in PRECISIONS or precision == "fp16" and dev.type != "cuda":
-        raise ValueError(f"--precision {precision} is not offered on {dev.type}; use "
-                         f"{'fp32, fp16 or bf16' if dev.type == 'cuda' else 'fp32 or bf16'}")
+        raise SettingError(f"{{precision}} {precision} is not offered on {dev.type}; use "
+                         f"{'fp32, fp16 or bf16' if dev.type == 'cuda' else 'fp32 or bf16'}", "precision")
     return dev, builders, precision
 
 
@@ -230,7 +231,7 @@ def _onnx_runners(builders, rows, batch_size, image_size) -> dict[str, Callable[
     return out
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_bench_table(result: dict[str, Any]) -> str:
     train = result["mode"] == "train"
     head = "| model | MACs (G) | params (M) | median ms | min ms | vs ResNet-50 |" + (" img/s | peak MB |" if train else "")
     lines = [
@@ -272,7 +273,7 @@ def check_results_free(out_dir: str | Path, *, device: str, train: bool, batch_s
     """Refuses (one line, before anything is timed) results that would overwrite earlier ones."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out-dir {out} is a file; choose a directory")
+        raise SettingError(f"{{out_dir}} {out} is a file; choose a directory", "out_dir")
     dev, _, precision = check_bench(device, train, models, cuda_graphs, precision)
     paths = result_paths(out, device_name(dev), "train" if train else "inference", batch_size, compile, cuda_graphs,
                          precision)
@@ -287,7 +288,7 @@ def save_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
                           bool(result.get("cuda_graphs")), result.get("precision"))
     js.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(js, json.dumps(result, indent=2) + "\n")
-    atomic_write_text(md, format_table(result) + "\n")
+    atomic_write_text(md, format_bench_table(result) + "\n")
     return js, md
 
 

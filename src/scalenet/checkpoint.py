@@ -140,7 +140,7 @@ def _not_a_checkpoint(path: Path, error: BaseException) -> str:
             obj = None
         if isinstance(obj, list) or isinstance(obj, dict) and "rows" in obj:
             what = "it is a structure file (neurons per block and scale), not a training checkpoint"
-        elif isinstance(obj, dict) and "runs" in obj and "seed" in obj:
+        elif isinstance(obj, dict) and "runs" in obj and ("supernet" in obj or "seed" in obj):
             what = "it is an allocation's scores file, not a checkpoint"
         else:
             what = "it is a JSON or text file"

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 
 from .compat import MissingExtra, installed_version, require
+from .errors import SettingError
 from .fileio import cache_root
 
 __all__ = [
@@ -218,7 +219,7 @@ DECODERS = ("pil", "torchvision", "torchcodec")
 def check_decoder(decode: str) -> None:
     """Refuses an unknown decoder, or TorchCodec where it is not installed, in one line."""
     if decode not in DECODERS:
-        raise ValueError(f"--decode {decode!r} is not one of {', '.join(DECODERS)}")
+        raise SettingError(f"{{decode}} {decode!r} is not one of {', '.join(DECODERS)}", "decode")
     if decode == "torchcodec":
         decoders = require("torchcodec.decoders", "--decode torchcodec")
         if not hasattr(decoders, "decode_image"):  # TorchCodec decodes images from 0.16
@@ -330,9 +331,10 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         if not 0 <= start <= self.shard_size:
-            raise ValueError(f"cannot start epoch {epoch + 1} at sample {start}: this process's share of the epoch has "
-                             f"{self.shard_size} samples (was the run resumed with another --batch-size or number of "
-                             "processes?)")
+            raise SettingError(f"cannot start epoch {epoch + 1} at sample {start}: this process's share of the "
+                               "epoch has "
+                             f"{self.shard_size} samples (was the run resumed with another {{batch_size}} or number of "
+                             "processes?)", "batch_size")
         if epoch != self.epoch:
             self.epoch, self._order = epoch, None
         self.start = start
@@ -512,8 +514,8 @@ def build_data(
     check_decoder(decode)
     if str(data) == "fashion-mnist":
         if decode != "pil":
-            raise ValueError(f"--decode {decode} applies to image folders; {data} is read from its IDX files, "
-                             "not decoded: drop --decode")
+            raise SettingError(f"{{decode}} {decode} applies to image folders; {data} is read from its IDX files, "
+                             "not decoded: drop {decode}", "decode")
         return _fashion_mnist(image_size, train_subset, val_subset, seed)
     root = Path(data)
     if not root.exists():
@@ -539,7 +541,8 @@ def build_data(
 def _fashion_mnist(image_size: int | None, train_subset: int | None, val_subset: int | None, seed: int) -> DataSpec:
     train, test = load_fashion_mnist()
     if image_size not in (None, 28):
-        raise ValueError(f"fashion-mnist images are 28x28; --image-size {image_size} is not supported for it")
+        raise SettingError(f"fashion-mnist images are 28x28; {{image_size}} {image_size} is not supported for it",
+                           "image_size")
     notes = []
     if train_subset:
         notes.append(f"trained on a random subset of {min(train_subset, len(train))} of {len(train)} training images")

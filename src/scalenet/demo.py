@@ -1,6 +1,6 @@
 """The end-to-end main job on Fashion-MNIST: allocate, train, compare, report.
 
-1. Allocate: train a seed network (uniform, abundant neurons per scale), rank neurons by
+1. Allocate: train a supernet (uniform, abundant neurons per scale), rank neurons by
    their branch BN |gamma| inside each block, keep the top ones (paper Sec. 3.2).
 2. Train the learned ScaleNet from scratch.
 3. Train two baselines at the same MACs (within 3%): a plain ResNet bottleneck network
@@ -22,9 +22,10 @@ from typing import Any, Sequence
 import torch
 
 from .agreement import format_agreement
-from .allocation import DEFAULT_REPEATS, WidthBudget, allocate, seed_structure
+from .allocation import DEFAULT_REPEATS, WidthBudget, allocate, supernet_structure
 from .data import build_data
 from .devices import device_name
+from .errors import SettingError
 from .fileio import atomic_write_text
 from .report import format_stage_summary, plot_curves, render_demo
 from .structure import Structure
@@ -39,13 +40,13 @@ __all__ = ["PROFILES", "DemoProfile", "run_demo"]
 class DemoProfile:
     """A demo's size: ``study`` holds the layout, the budget (``width_mult``), every model's
     training recipe (``study.train``), the seeds per model, the subsets and the allocation's
-    seed networks, as ``scalenet study`` takes them."""
+    supernets, as ``scalenet study`` takes them."""
 
     name: str
     study: StudyConfig
     note: str
     test_subset: int | None = None  # the final test; None: all 10,000 images
-    seed_jobs: int | None = None  # seed networks trained at once (None: one per CPU core, or one per GPU)
+    supernet_jobs: int | None = None  # supernets trained at once (None: one per CPU core, or one per GPU)
 
     @property
     def repeats(self) -> int:
@@ -61,10 +62,10 @@ PROFILES = {
     # convergence in runs this short)
     "quick": DemoProfile(
         name="quick",
-        study=StudyConfig(layers=(1, 1, 1), width=12, width_mult=1.0, seed_epochs=1, seed_subset=8000, seeds=1,
+        study=StudyConfig(layers=(1, 1, 1), width=12, width_mult=1.0, supernet_epochs=1, supernet_subset=8000, seeds=1,
                           train=_recipe(epochs=2, batch_size=64, lr=0.1, wd=5e-4, warmup=0.2, augment=False),
                           train_subset=50000, val_subset=2000, jobs=3),
-        note="quick profile: 16 seed networks (scalenet allocate's default) on 8,000 training images for one epoch "
+        note="quick profile: 16 supernets (scalenet allocate's default) on 8,000 training images for one epoch "
              "each, two at a time; each model on 50,000 of the 60,000 training images for 2 epochs without "
              "augmentation (it slows convergence in runs this short), the three at once; one training run per "
              "model; per-epoch validation on 2,000 test images",
@@ -72,10 +73,10 @@ PROFILES = {
     # meant for a GPU: full data, augmentation, longer schedule, three seeds
     "full": DemoProfile(
         name="full",
-        study=StudyConfig(layers=(2, 2, 2), width=28, width_mult=1.0, seed_epochs=2, seed_subset=None, seeds=3,
+        study=StudyConfig(layers=(2, 2, 2), width=28, width_mult=1.0, supernet_epochs=2, supernet_subset=None, seeds=3,
                           train=_recipe(epochs=60, batch_size=128, lr=0.1, wd=5e-4, warmup=2, augment=True),
                           train_subset=None, val_subset=None),
-        note="full profile: 16 seed networks of 2 epochs on all 60,000 training images; each model on all of them, "
+        note="full profile: 16 supernets of 2 epochs on all 60,000 training images; each model on all of them, "
              "crop + flip, 60 epochs, three seeds per model",
     ),
 }
@@ -85,7 +86,7 @@ def baselines(learned: Structure, num_classes: int, in_chans: int) -> dict[str, 
     """The uniform-SA and plain-ResNet baselines at the learned structure's MACs (within 1%),
     built as in ``scalenet study``."""
     target = learned.macs(None, num_classes, in_chans)
-    pool = seed_structure(learned.layers, scales=learned.scales, stem=learned.stem, width=learned.width,
+    pool = supernet_structure(learned.layers, scales=learned.scales, stem=learned.stem, width=learned.width,
                           image_size=learned.image_size)
     return {arm: arm_structure(arm, pool, target, num_classes, in_chans) for arm in ("uniform", "resnet")}
 
@@ -101,7 +102,7 @@ def cpu_latency(models: dict[str, torch.nn.Module], shape: Sequence[int], repeat
 def _fresh_directory(out: Path) -> Path:
     """``out``, empty: an earlier run there is moved aside (``<out>.previous-<time>``), not lost."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {out} is a file; choose another --out")
+        raise SettingError(f"output directory {out} is a file; choose another {{out}}", "out")
     if out.is_dir() and any(out.iterdir()):
         kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(kept)
@@ -142,7 +143,7 @@ def run_demo(out: str | Path, profile: str | DemoProfile = "quick", seed: int = 
         "device": f"CPU: {device_name(torch.device('cpu'))}, torch {torch.__version__}",
         "seconds": time.perf_counter() - started,
         "allocation_seconds": allocation_seconds,
-        "seed_val_top1": learned.meta.get("seed_val_top1"),
+        "supernet_val_top1": learned.meta.get("supernet_val_top1"),
         "test_images": len(test.val),
         "notes": [p.note, *data.notes],
         "models": results,
@@ -166,13 +167,14 @@ def _jobs(profile_jobs: int | None, tasks: int) -> int:
 def _allocate(p: DemoProfile, base_cfg: TrainConfig, out: Path, seed: int):
     """Step 1: the learned allocation (saved as ``scalenet.json`` with its chart); returns it and its seconds."""
     st = p.study
-    seed_data = build_data("fashion-mnist", train_subset=st.seed_subset, val_subset=st.val_subset, seed=seed)
-    seed_jobs = _jobs(p.seed_jobs, p.repeats)
-    print(f"[1/4] allocating: {p.repeats} seed network(s) on {len(seed_data.train)} images, {st.seed_epochs} epoch(s) "
-          f"each, {seed_jobs} at a time", flush=True)
+    supernet_data = build_data("fashion-mnist", train_subset=st.supernet_subset, val_subset=st.val_subset, seed=seed)
+    supernet_jobs = _jobs(p.supernet_jobs, p.repeats)
+    print(f"[1/4] allocating: {p.repeats} supernet(s) on {len(supernet_data.train)} images, "
+          f"{st.supernet_epochs} epoch(s) "
+          f"each, {supernet_jobs} at a time", flush=True)
     t = time.perf_counter()
-    alloc = allocate(seed_data, WidthBudget(st.width_mult), layers=st.layers, width=st.width, repeats=p.repeats,
-                     jobs=seed_jobs, train_config=replace(base_cfg, epochs=st.seed_epochs, tensorboard=False),
+    alloc = allocate(supernet_data, WidthBudget(st.width_mult), layers=st.layers, width=st.width, repeats=p.repeats,
+                     jobs=supernet_jobs, train_config=replace(base_cfg, epochs=st.supernet_epochs, tensorboard=False),
                      runs=out / "scalenet.runs", name="scalenet")
     seconds = time.perf_counter() - t
     alloc.save(out / "scalenet.json", chart=out / "allocation.png",

@@ -35,6 +35,7 @@ from torch import nn
 
 from .compat import raise_recompile_limit
 from .devices import device_name, device_slug
+from .errors import SettingError
 from .factory import create_model, resolve_structure
 from .fuse import fuse
 from .models.scalenet import SABottleneck
@@ -76,7 +77,7 @@ def current_settings(device: str = "cpu", threads: int | None = None, batch_size
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{option} cuda: no CUDA GPU is present here; use {option} cpu")
     if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be 1 or more, got {threads}")
+        raise SettingError(f"{{threads}} must be 1 or more, got {threads}", "threads")
     if device == "cpu":
         threads = threads or torch.get_num_threads()
     else:
@@ -372,7 +373,7 @@ def cached_model(layout: Structure, settings: LatencySettings, *, progress: bool
 def requested_model(path: str | os.PathLike | None, wanted: LatencySettings) -> "LatencyModel | LatencySettings":
     """What a latency budget is predicted with: the cost model in ``path``, checked against the
     ``wanted`` settings, or (no file) those settings, whose cached model
-    :func:`latency_model_for` finds for the seed's layout."""
+    :func:`latency_model_for` finds for the supernet's layout."""
     if path is None:
         return wanted
     model = LatencyModel.load(path)
@@ -380,13 +381,13 @@ def requested_model(path: str | os.PathLike | None, wanted: LatencySettings) -> 
     return model
 
 
-def latency_model_for(model, seed, progress: bool = True):
-    """``model`` as a LatencyModel for ``seed``'s layout: given (checked against the layout), or
+def latency_model_for(model, supernet, progress: bool = True):
+    """``model`` as a LatencyModel for ``supernet``'s layout: given (checked against the layout), or
     (``LatencySettings``) the cached one for those settings, measured when missing."""
     if isinstance(model, LatencySettings):
-        return cached_model(seed, model, progress=progress)
+        return cached_model(supernet, model, progress=progress)
     if model is not None:
-        model.check_structure(seed)
+        model.check_structure(supernet)
     return model
 
 
@@ -397,7 +398,8 @@ def block_latencies(model: LatencyModel, structure: Structure, source: str | os.
     given, must be that size)."""
     size = image_size or model.settings.image_size
     if size != model.settings.image_size:
-        raise ValueError(f"{source} was measured at {model.settings.image_size} px; --image-size {size} differs")
+        raise SettingError(f"{source} was measured at {model.settings.image_size} px; {{image_size}} {size} differs",
+                           "image_size")
     blocks = model.per_block(structure)
     return {"model": str(source), "settings": dataclasses.asdict(model.settings),
             "blocks": [{"block": name, "ms": ms} for name, ms in blocks], "other_ms": model.other,

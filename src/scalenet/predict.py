@@ -18,7 +18,7 @@ from torch import nn
 from .data import IMAGE_EXTENSIONS, image_transforms, read_image
 from .training import model_from_checkpoint
 
-__all__ = ["Predictor", "load_predictor", "image_paths", "format_table"]
+__all__ = ["Predictor", "load_predictor", "image_paths", "format_predictions"]
 
 
 @dataclass
@@ -93,7 +93,7 @@ def image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
+def format_predictions(records: Sequence[dict[str, Any]]) -> str:
     """An aligned table: a header, then one row per classified image (skipped files are left
     out): the path, then each of its top classes with its probability, most probable first."""
     rows = [r for r in records if not r.get("skipped")]

@@ -33,7 +33,7 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 def plot_allocation(structure: Structure, path: str | os.PathLike, title: str | None = None,
                     runs: Sequence[Structure] | None = None) -> Path:
     """One stacked bar per block: the proportion of neurons given to each scale. With ``runs``
-    (the allocations of single seed networks that were combined into ``structure``), a second
+    (the allocations of single supernets that were combined into ``structure``), a second
     panel shows each scale's share per block: the combined share as a bar, each run's as a dot,
     so the spread across runs is visible."""
     import matplotlib
@@ -89,7 +89,7 @@ def _plot_spread(ax, structure: Structure, runs: Sequence[Structure]) -> None:
             ax.scatter(xs, [s.channels[i] / s.width for s in run_specs], s=9, color=colour, edgecolor="black",
                        linewidths=0.3, zorder=3)
     _block_axis(ax, structure, specs)
-    ax.set_title(f"per scale: combined (bars) and each of the {len(runs)} seed networks (dots)", fontsize=9)
+    ax.set_title(f"per scale: combined (bars) and each of the {len(runs)} supernets (dots)", fontsize=9)
 
 
 def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str = "") -> Path:
@@ -180,7 +180,9 @@ def format_study(report: dict[str, Any]) -> str:
     for arm, a in report["arms"].items():
         per_seed = ", ".join(f"{100 * v:.2f}" for v in a["top1_by_seed"])
         budget = a.get("budget") or {}
-        budget = f"{budget['ms']:.2f} ms" if "ms" in budget else f"{budget['macs'] / 1e6:.2f} M MACs" if budget else "—"
+        latency_ms = budget.get("latency_ms", budget.get("ms"))  # "ms": studies of format 1
+        budget = (f"{latency_ms:.2f} ms" if latency_ms is not None else f"{budget['macs'] / 1e6:.2f} M MACs" if budget
+                  else "—")
         ms = f" {budget} | {a['predicted_ms']:.2f} | {a['measured_ms']:.2f} |" if lat else ""
         lines.append(f"| {arm} | {100 * a['top1']:.2f}% ± {100 * a['top1_std']:.2f} | {per_seed} | "
                      f"{a['macs'] / 1e6:.2f} M | {a['params'] / 1e3:.1f} K |{ms}")
@@ -276,7 +278,7 @@ def render_demo(report: dict[str, Any], learned: Structure) -> str:
         "Notes:",
         "",
         *[f"- {n}" for n in report["notes"]],
-        f"- seed network validation top-1 before selection: {100 * (report['seed_val_top1'] or 0):.2f}%",
+        f"- supernet validation top-1 before selection: {100 * (report['supernet_val_top1'] or 0):.2f}%",
         "",
     ]
     return "\n".join(lines)
@@ -285,8 +287,9 @@ def render_demo(report: dict[str, Any], learned: Structure) -> str:
 def _agreement_lines(report: dict[str, Any]) -> list[str]:
     n = report["agreement_runs"]
     lines = [
-        f"Reproducibility of the allocation: its {n} seed network(s) against chance (random draws of as many neurons "
-        "from the seed's pool), by stage. Ratio: their mean pairwise TV distance over chance's (below 1: they agree "
+        f"Reproducibility of the allocation: its {n} supernet(s) against chance (random draws of as many neurons "
+        "from the supernet's pool), by stage. Ratio: their mean pairwise TV distance over chance's "
+        "(below 1: they agree "
         "better than chance); z: how far their mean allocation sits from the uniform split, in standard deviations "
         "of chance's.",
         "",

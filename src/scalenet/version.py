@@ -1,3 +1,3 @@
 """The package version (also in pyproject.toml; tests/test_compat.py checks that they agree)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,14 +1,14 @@
 """Budgets and cost models: what a selection may spend, and what each kept neuron costs.
 
 A budget is stated by the user (:class:`WidthBudget`, :class:`MacsBudget`,
-:class:`LatencyBudget`) and bound once to a seed network (:meth:`bind`), which gives a
+:class:`LatencyBudget`) and bound once to a supernet (:meth:`bind`), which gives a
 :class:`BoundBudget`: the one object the selectors, the rounding and the combination ask
 whether a total fits, whether it reaches the target, what the next neuron costs, and whether a
 result meets the budget.
 
 A network's MACs are linear in the kept neurons (:meth:`Structure.neuron_macs`): each neuron
 costs its branch conv plus its column of the 1x1 conv after the concatenation; everything
-else does not depend on the allocation (:class:`CostModel`). Predicted latency adds a fixed
+else does not depend on the allocation (:class:`MacsCost`). Predicted latency adds a fixed
 cost per open branch (:class:`LatencyCost`).
 """
 
@@ -19,12 +19,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
+from ..errors import SettingError, mention
 from ..latency import latency_model_for
 from ..structure import Structure
 from .importance import Neuron
 
 __all__ = [
-    "CostModel", "LatencyCost", "WidthBudget", "MacsBudget", "LatencyBudget", "Budget", "TARGET_BUDGETS",
+    "MacsCost", "LatencyCost", "WidthBudget", "MacsBudget", "LatencyBudget", "Budget", "TARGET_BUDGETS",
     "BoundBudget", "budget_from", "minimum_macs", "counts",
 ]
 
@@ -41,34 +42,35 @@ def counts(chosen: list[list[Neuron]], scales: int) -> list[list[int]]:
 class _Cost:
     """What both cost models share: the total of a selection, from its counts per scale."""
 
-    seed: Structure
+    supernet: Structure
 
     def total(self, chosen: list[list[Neuron]]) -> float:
-        return self.of_channels(counts(chosen, len(self.seed.scales)))
+        return self.of_channels(counts(chosen, len(self.supernet.scales)))
 
 
-class CostModel(_Cost):
-    """A seed network's MACs as a function of the kept neurons: ``base`` (what does not depend
+class MacsCost(_Cost):
+    """A supernet's MACs as a function of the kept neurons: ``base`` (what does not depend
     on the allocation: stem, 1x1 convs in, shortcuts, classifier) plus each kept neuron's cost.
 
     The cost interface every budget's cost model shares (see :class:`LatencyCost`):
     ``base``, ``lowest`` (one neuron of the cheapest scale per block), ``highest`` (the whole
-    seed), :meth:`added` (what one more neuron costs, given the block's count of its scale) and
+    supernet), :meth:`added` (what one more neuron costs, given the block's count of its scale) and
     :meth:`of_channels` (the total for per-block, per-scale counts)."""
 
     unit = "MACs"
 
-    def __init__(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3):
-        self.seed = seed
-        sides = seed.stage_sides()
-        self.costs = [seed.neuron_macs(spec, sides[spec.stage]) for spec in seed.blocks()]
-        self.highest = seed.macs(None, num_classes, in_chans)
+    def __init__(self, supernet: Structure, num_classes: int = 1000, in_chans: int = 3):
+        self.supernet = supernet
+        sides = supernet.stage_sides()
+        self.costs = [supernet.neuron_macs(spec, sides[spec.stage]) for spec in supernet.blocks()]
+        self.highest = supernet.macs(None, num_classes, in_chans)
         self.base = self.highest - sum(
-            c * cost for spec, costs in zip(seed.blocks(), self.costs) for c, cost in zip(spec.channels, costs)
+            c * cost for spec, costs in zip(supernet.blocks(), self.costs) for c, cost in zip(spec.channels, costs)
         )
         #: one neuron, of the cheapest scale, per block
         self.lowest = self.base + sum(
-            min(cost for c, cost in zip(spec.channels, costs) if c) for spec, costs in zip(seed.blocks(), self.costs)
+            min(cost for c, cost in zip(spec.channels, costs) if c)
+            for spec, costs in zip(supernet.blocks(), self.costs)
         )
 
     def added(self, block: int, scale: int, have: int) -> float:
@@ -83,16 +85,16 @@ class CostModel(_Cost):
 
 
 class LatencyCost(_Cost):
-    """A seed network's predicted milliseconds (:class:`scalenet.latency.LatencyModel`) as a
+    """A supernet's predicted milliseconds (:class:`scalenet.latency.LatencyModel`) as a
     function of the kept neurons: a branch's fixed cost is charged with its first neuron, once."""
 
     unit = "ms"
 
-    def __init__(self, model, seed: Structure):
-        model.check_structure(seed)
-        self.model, self.seed = model, seed
-        specs = list(seed.blocks())
-        self.stages = [model.stage_cost(spec.stage, seed.scales) for spec in specs]
+    def __init__(self, model, supernet: Structure):
+        model.check_structure(supernet)
+        self.model, self.supernet = model, supernet
+        specs = list(supernet.blocks())
+        self.stages = [model.stage_cost(spec.stage, supernet.scales) for spec in specs]
         self.base = model.other + sum(cost.base for cost in self.stages)
         self.highest = self.of_channels([spec.channels for spec in specs])
         self.lowest = self.base + sum(
@@ -112,20 +114,20 @@ class LatencyCost(_Cost):
 
 
 class BoundBudget:
-    """A budget bound to one seed network (:meth:`WidthBudget.bind` and the others): the cost
+    """A budget bound to one supernet (:meth:`WidthBudget.bind` and the others): the cost
     model of its unit, and the answers every selector, rounding and combination needs.
 
     - :attr:`fixed`: neurons per block the budget fixes (a width budget), or None (a target);
     - :meth:`fits` / :meth:`reached`: whether a total is within the budget / reaches its target
       (both always true without a target);
     - :meth:`added`, :meth:`total`, :meth:`of_channels`: costs, from the cost model;
-    - :meth:`check`: refuses, in one line, a budget no selection from the seed can meet;
+    - :meth:`check`: refuses, in one line, a budget no selection from the supernet can meet;
     - :meth:`verify`: refuses a result that misses the budget (nothing to miss without a target).
     """
 
-    def __init__(self, budget: "Budget", costs: CostModel | LatencyCost, fixed: list[int] | None = None):
+    def __init__(self, budget: "Budget", costs: MacsCost | LatencyCost, fixed: list[int] | None = None):
         self.budget, self.costs, self.fixed = budget, costs, fixed
-        self.seed: Structure = costs.seed
+        self.supernet: Structure = costs.supernet
         self.unit: str = costs.unit
 
     def format(self, value: float) -> str:
@@ -158,11 +160,11 @@ class BoundBudget:
 
     def check_first(self, first: float) -> None:
         """Every block keeps its best neuron: refuses a budget below what those cost together
-        (``first``; above the seed's lowest when a branch's fixed cost makes a block's best dear)."""
+        (``first``; above the supernet's lowest when a branch's fixed cost makes a block's best dear)."""
         if not self.fits(first):
-            raise ValueError(
-                f"impossible budget: {self.budget.option} {self.format(self.budget.limit)} is below "
-                f"{self.format(first)}, what each block's best-scoring neuron costs; raise it"
+            raise SettingError(
+                f"impossible budget: {mention(self.budget.setting)} {self.format(self.budget.limit)} is below "
+                f"{self.format(first)}, what each block's best-scoring neuron costs; raise it", self.budget.setting
             )
 
     def settings(self) -> dict[str, Any]:
@@ -171,22 +173,22 @@ class BoundBudget:
 
 @dataclass(frozen=True)
 class WidthBudget:
-    """``round(multiplier * planes)`` neurons per block (at least 1): ScaleNet-50 used about
+    """``round(width_mult * planes)`` neurons per block (at least 1): ScaleNet-50 used about
     1.36, ScaleNet-50-light 1.0."""
 
-    multiplier: float
-    option = "--width-mult"
+    width_mult: float
+    setting = "width_mult"
 
     def __post_init__(self) -> None:
-        if not (self.multiplier > 0 and math.isfinite(self.multiplier)):
-            raise ValueError(f"--width-mult must be positive and finite, got {self.multiplier}")
+        if not (self.width_mult > 0 and math.isfinite(self.width_mult)):
+            raise SettingError(f"{{width_mult}} must be positive and finite, got {self.width_mult}", "width_mult")
 
     def neurons(self, planes: int, capacity: int) -> int:
-        return min(capacity, max(1, round(self.multiplier * planes)))
+        return min(capacity, max(1, round(self.width_mult * planes)))
 
-    def bind(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> BoundBudget:
-        fixed = [self.neurons(spec.planes, sum(spec.channels)) for spec in seed.blocks()]
-        return BoundBudget(self, CostModel(seed, num_classes, in_chans), fixed)
+    def bind(self, supernet: Structure, num_classes: int = 1000, in_chans: int = 3) -> BoundBudget:
+        fixed = [self.neurons(spec.planes, sum(spec.channels)) for spec in supernet.blocks()]
+        return BoundBudget(self, MacsCost(supernet, num_classes, in_chans), fixed)
 
     def fits(self, total: float) -> bool:  # no target total: every total fits and is reached
         return True
@@ -194,37 +196,38 @@ class WidthBudget:
     def reached(self, total: float) -> bool:
         return True
 
-    def check(self, costs: CostModel) -> None:
-        """Refuses a multiplier that keeps more neurons in some block than the seed has there
-        (as a MACs target above the seed's is refused), in one line."""
-        for spec in costs.seed.blocks():
-            wanted, capacity = round(self.multiplier * spec.planes), sum(spec.channels)
+    def check(self, costs: MacsCost) -> None:
+        """Refuses a multiplier that keeps more neurons in some block than the supernet has there
+        (as a MACs target above the supernet's is refused), in one line."""
+        for spec in costs.supernet.blocks():
+            wanted, capacity = round(self.width_mult * spec.planes), sum(spec.channels)
             if wanted > capacity:
-                most = min(sum(b.channels) / b.planes for b in costs.seed.blocks())
-                raise ValueError(
-                    f"impossible budget: --width-mult {self.multiplier:g} keeps {wanted:,} neurons in {spec.name}, but "
-                    f"the seed network has {capacity:,} there; lower it (at most {most:g} with this seed) or raise "
-                    "--seed-width"
+                most = min(sum(b.channels) / b.planes for b in costs.supernet.blocks())
+                raise SettingError(
+                    f"impossible budget: {{width_mult}} {self.width_mult:g} keeps {wanted:,} neurons in "
+                    f"{spec.name}, but "
+                    f"the supernet has {capacity:,} there; lower it (at most {most:g} with this supernet) or raise "
+                    "{supernet_width}", "width_mult", "supernet_width"
                 )
 
     def verify(self, got: float, costs, *, lower: bool = True) -> None:
         """Nothing to miss: the neurons per block are the budget."""
 
-    def resolved(self, seed: Structure, progress: bool = True) -> "WidthBudget":
+    def resolved(self, supernet: Structure, progress: bool = True) -> "WidthBudget":
         return self
 
     def describe(self) -> str:
-        return f"--width-mult {self.multiplier:g}"
+        return f"width multiplier {self.width_mult:g}"
 
     def settings(self) -> dict[str, Any]:
-        return {"width_mult": self.multiplier, "macs_target": None, "latency_ms": None}
+        return {"width_mult": self.width_mult, "macs": None, "latency_ms": None}
 
 
 class _TargetBudget:
     """A budget on a total the cost model predicts (MACs, milliseconds): neurons are kept until
     the total reaches the target; ``fits`` and ``reached`` say when to stop."""
 
-    option = ""
+    setting = ""
     limit: float
     tolerance: float
 
@@ -235,25 +238,28 @@ class _TargetBudget:
         return total >= self.limit * (1 - self.tolerance)
 
     def check(self, costs) -> None:
-        """Raises one clear line when no selection from the seed can meet the budget."""
+        """Raises one clear line when no selection from the supernet can meet the budget."""
         target = costs.format(self.limit)
         if self.limit < costs.lowest:
-            raise ValueError(
-                f"impossible budget: {self.option} {target} is below the minimum {costs.format(costs.lowest)} "
-                f"(one neuron per block{self._where()}); raise it"
+            raise SettingError(
+                f"impossible budget: {mention(self.setting)} {target} is below the minimum "
+                f"{costs.format(costs.lowest)} "
+                f"(one neuron per block{self._where()}); raise it", self.setting
             )
         if self.limit > costs.highest * (1 + self.tolerance):
-            raise ValueError(
-                f"impossible budget: {self.option} {target} is above the seed network's {costs.format(costs.highest)}"
-                f"{self._where()}; lower it or raise --seed-width"
+            raise SettingError(
+                f"impossible budget: {mention(self.setting)} {target} is above the supernet's "
+                f"{costs.format(costs.highest)}"
+                f"{self._where()}; lower it or raise {{supernet_width}}", self.setting, "supernet_width"
             )
 
     def verify(self, got: float, costs, *, lower: bool = True) -> None:
         """Raises when ``got`` misses the budget: above it, or (``lower``) short of reaching it."""
         if not self.fits(got) or lower and not self.reached(got):
-            raise ValueError(
-                f"could not meet {self.option} {costs.format(self.limit)} within {self.tolerance:.0%} (closest "
-                f"{costs.format(got)}); raise --seed-width or use --scope global"
+            raise SettingError(
+                f"could not meet {mention(self.setting)} {costs.format(self.limit)} within {self.tolerance:.0%} "
+                f"(closest {costs.format(got)}); raise {{supernet_width}} or use {{scope='global'}}",
+                self.setting, "supernet_width", "scope"
             )
 
     def _where(self) -> str:
@@ -266,59 +272,60 @@ class MacsBudget(_TargetBudget):
 
     macs: int
     tolerance: float = 0.01
-    option = "--macs"
+    setting = "macs"
 
     @property
     def limit(self) -> float:
         return self.macs
 
-    def bind(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> BoundBudget:
-        return BoundBudget(self, CostModel(seed, num_classes, in_chans))
+    def bind(self, supernet: Structure, num_classes: int = 1000, in_chans: int = 3) -> BoundBudget:
+        return BoundBudget(self, MacsCost(supernet, num_classes, in_chans))
 
-    def resolved(self, seed: Structure, progress: bool = True) -> "MacsBudget":
+    def resolved(self, supernet: Structure, progress: bool = True) -> "MacsBudget":
         return self
 
     def describe(self) -> str:
         return f"{self.macs:,} MACs"
 
     def settings(self) -> dict[str, Any]:
-        return {"width_mult": None, "macs_target": self.macs, "latency_ms": None}
+        return {"width_mult": None, "macs": self.macs, "latency_ms": None}
 
 
 @dataclass(frozen=True)
 class LatencyBudget(_TargetBudget):
     """The network's predicted milliseconds on a device (a :class:`scalenet.latency.LatencyModel`):
-    never above ``ms``, and within ``tolerance`` below it."""
+    never above ``latency_ms``, and within ``tolerance`` below it."""
 
-    ms: float
-    model: Any  # scalenet.latency.LatencyModel (or LatencySettings, until resolved for a seed)
+    latency_ms: float
+    model: Any  # scalenet.latency.LatencyModel (or LatencySettings, until resolved for a supernet)
     tolerance: float = 0.01
-    option = "--latency-ms"
+    setting = "latency_ms"
 
     def __post_init__(self) -> None:
-        if not (self.ms > 0 and math.isfinite(self.ms)):
-            raise ValueError(f"--latency-ms must be positive and finite (milliseconds), got {self.ms}")
+        if not (self.latency_ms > 0 and math.isfinite(self.latency_ms)):
+            raise SettingError(f"{{latency_ms}} must be positive and finite (milliseconds), got {self.latency_ms}",
+                               "latency_ms")
 
     @property
     def limit(self) -> float:
-        return self.ms
+        return self.latency_ms
 
     def fits(self, total: float) -> bool:  # a latency target is a ceiling
-        return total <= self.ms
+        return total <= self.latency_ms
 
-    def bind(self, seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> BoundBudget:
-        return BoundBudget(self, LatencyCost(self.model, seed))
+    def bind(self, supernet: Structure, num_classes: int = 1000, in_chans: int = 3) -> BoundBudget:
+        return BoundBudget(self, LatencyCost(self.model, supernet))
 
-    def resolved(self, seed: Structure, progress: bool = True) -> "LatencyBudget":
-        """This budget with its cost model for ``seed``'s layout: the given model (checked), or for
+    def resolved(self, supernet: Structure, progress: bool = True) -> "LatencyBudget":
+        """This budget with its cost model for ``supernet``'s layout: the given model (checked), or for
         ``LatencySettings`` the cached one (:func:`scalenet.latency.latency_model_for`)."""
-        return dataclasses.replace(self, model=latency_model_for(self.model, seed, progress=progress))
+        return dataclasses.replace(self, model=latency_model_for(self.model, supernet, progress=progress))
 
     def describe(self) -> str:
-        return f"{self.ms:.2f} ms"
+        return f"{self.latency_ms:.2f} ms"
 
     def settings(self) -> dict[str, Any]:
-        return {"width_mult": None, "macs_target": None, "latency_ms": self.ms,
+        return {"width_mult": None, "macs": None, "latency_ms": self.latency_ms,
                 "latency_settings": dataclasses.asdict(self.model.settings)}
 
     def _where(self) -> str:
@@ -345,6 +352,6 @@ def budget_from(width_mult: float | None = None, macs: int | None = None, latenc
     return WidthBudget(width_mult) if width_mult is not None else MacsBudget(int(macs))
 
 
-def minimum_macs(seed: Structure, num_classes: int = 1000, in_chans: int = 3) -> int:
-    """The smallest network the seed allows: one neuron, of the cheapest scale, per block."""
-    return CostModel(seed, num_classes, in_chans).lowest
+def minimum_macs(supernet: Structure, num_classes: int = 1000, in_chans: int = 3) -> int:
+    """The smallest network the supernet allows: one neuron, of the cheapest scale, per block."""
+    return MacsCost(supernet, num_classes, in_chans).lowest

@@ -1,4 +1,4 @@
-"""Combining several seed networks: their scores ranked together (:func:`combine_union`) or
+"""Combining several supernets: their scores ranked together (:func:`combine_union`) or
 their own allocations averaged (:func:`combine_mean`)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from ..structure import Structure
 from .budgets import BoundBudget
 from .importance import BlockScores
 from .rounding import meet_budget, round_to_total
-from .select import like_seed
+from .select import like_supernet
 
 __all__ = ["combine_union", "combine_mean", "COMBINES"]
 
-#: How ``allocate(repeats=N)`` combines its N seed networks.
+#: How ``allocate(repeats=N)`` combines its N supernets.
 COMBINES = ("mean", "union")
 
 
@@ -41,7 +41,7 @@ def combine_union(runs: Sequence[list[BlockScores]]) -> list[BlockScores]:
     return out
 
 
-def combine_mean(structures: Sequence[Structure], seed: Structure, bound: BoundBudget | None = None) -> Structure:
+def combine_mean(structures: Sequence[Structure], supernet: Structure, bound: BoundBudget | None = None) -> Structure:
     """The runs' own allocations, averaged per block and scale and rounded (block totals kept).
 
     With a target budget (``bound``: MACs, latency) the rounding is then corrected neuron by
@@ -49,8 +49,9 @@ def combine_mean(structures: Sequence[Structure], seed: Structure, bound: BoundB
     first when above (the unrounded mean meets a MACs budget as each run does, since MACs are
     linear in the counts; a latency budget's fixed branch costs make it nearly so)."""
     rows = [[row[:-1] for row in s.rows] for s in structures]
-    mean = [[statistics.mean(r[b][i] for r in rows) for i in range(len(seed.scales))] for b in range(len(seed.rows))]
+    mean = [[statistics.mean(r[b][i] for r in rows) for i in range(len(supernet.scales))]
+            for b in range(len(supernet.rows))]
     channels = [round_to_total(m, max(1, round(sum(m)))) for m in mean]
     if bound is not None:
-        meet_budget(channels, mean, [list(row[:-1]) for row in seed.rows], 1, bound)
-    return like_seed(seed, channels)
+        meet_budget(channels, mean, [list(row[:-1]) for row in supernet.rows], 1, bound)
+    return like_supernet(supernet, channels)

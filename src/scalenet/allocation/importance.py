@@ -1,8 +1,8 @@
-"""Importance: a score for every output neuron of every SA branch of a trained seed network.
+"""Importance: a score for every output neuron of every SA branch of a trained supernet.
 
 :class:`BNScale` (the paper: each neuron's BN scale |gamma|, normalised per block) is one
 :class:`Importance`; any callable with its signature can replace it. :class:`BNScaleL1` is the
-regulariser that sharpens BN scales while the seed trains (network slimming).
+regulariser that sharpens BN scales while the supernet trains (network slimming).
 """
 
 from __future__ import annotations
@@ -14,21 +14,22 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from ..errors import SettingError
 from ..models.scalenet import SABottleneck
 from ..structure import Structure
 
 __all__ = ["Neuron", "BlockScores", "Importance", "NORMALIZERS", "normalize", "BNScale", "BNScaleL1", "unweigh"]
 
-#: One seed neuron: (score, scale position, index inside its branch).
+#: One supernet neuron: (score, scale position, index inside its branch).
 Neuron = tuple[float, int, int]
 
 
 @dataclass
 class BlockScores:
-    """Scores of one block's seed neurons, grouped by scale position."""
+    """Scores of one block's supernet neurons, grouped by scale position."""
 
     block: str
-    scores: list[list[float]]  # per scale position, one score per seed neuron
+    scores: list[list[float]]  # per scale position, one score per supernet neuron
     costs: list[int]  # MACs of one neuron of each scale position
 
     def flat(self) -> list[Neuron]:
@@ -38,7 +39,7 @@ class BlockScores:
 
 
 class Importance(Protocol):
-    """Scores a trained seed network: one :class:`BlockScores` per SA block."""
+    """Scores a trained supernet: one :class:`BlockScores` per SA block."""
 
     def __call__(self, model: nn.Module, structure: Structure, image_size: int) -> list[BlockScores]: ...
 
@@ -57,7 +58,7 @@ def _normalize_mean(values: list[float]) -> float:
 
 #: Per-block normalisers (Torch-Pruning's names): each block's scores are divided by this
 #: figure of the block's scores, so that blocks can be ranked together (global scope, a
-#: MACs budget's last neurons, several seed runs). ``None``: raw scores.
+#: MACs budget's last neurons, several supernet runs). ``None``: raw scores.
 NORMALIZERS: dict[str | None, Callable[[list[float]], float] | None] = {
     "max": _normalize_max, "sum": _normalize_sum, "mean": _normalize_mean, None: None,
 }
@@ -100,14 +101,14 @@ class BNScale:
 
 @dataclass
 class BNScaleL1:
-    """A regulariser for the seed network: ``weight * sum |gamma|`` over the SA branches' BN
+    """A regulariser for the supernet: ``weight * sum |gamma|`` over the SA branches' BN
     scales (network slimming), which pushes unneeded neurons' scales towards zero."""
 
     weight: float
 
     def __post_init__(self) -> None:
         if self.weight < 0:
-            raise ValueError(f"--sparsity must be 0 or more, got {self.weight}")
+            raise SettingError(f"{{sparsity}} must be 0 or more, got {self.weight}", "sparsity")
         self._model: nn.Module | None = None
         self._gammas: list[torch.Tensor] = []
 

@@ -1,8 +1,8 @@
-"""The whole allocation: seed structure, seed networks trained and scored, selection under a
+"""The whole allocation: supernet structure, supernets trained and scored, selection under a
 budget, and the result with its files (structure, ``.scores.json`` sidecar, chart).
 
 Two typed records say what a result depends on, and travel in its sidecar:
-:class:`SeedSettings` (how the seed networks were trained) and :class:`Selection` (how neurons
+:class:`SupernetSettings` (how the supernets were trained) and :class:`Selection` (how neurons
 were kept: scope, combination, ``alpha``, rounding). The budget is a :class:`Budget` object.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..agreement import agreement_report
+from ..errors import SettingError
 from ..fileio import atomic_write_text, read_json
 from ..report import plot_allocation
 from ..structure import Structure
@@ -26,65 +27,67 @@ from ..training import TrainConfig, check_jobs, in_processes, is_main_process, j
 from .budgets import Budget, BoundBudget, WidthBudget
 from .combine import combine_mean, combine_union
 from .importance import BlockScores, BNScale, BNScaleL1, Importance, unweigh
-from .records import DEFAULT_COMBINE, SeedRun, SeedSettings, Selection
+from .records import DEFAULT_COMBINE, SIDECAR_VERSION, SupernetRun, SupernetSettings, Selection
 from .rounding import round_channels
-from .seeds import prepare_runs, score_run, seed_run_dirs
+from .supernets import prepare_runs, score_run, supernet_run_dirs
 from .select import select, weigh_by_cost
 
 __all__ = [
-    "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SEED_IMAGES", "SeedSettings", "Selection", "SeedRun", "AllocationResult",
-    "seed_structure", "seed_for", "seed_epochs", "default_layout", "allocate", "select_runs", "load_runs",
+    "DEFAULT_REPEATS", "DEFAULT_COMBINE", "SUPERNET_IMAGES", "SupernetSettings", "Selection", "SupernetRun",
+    "AllocationResult",
+    "supernet_structure", "supernet_for", "supernet_epochs", "default_layout", "allocate", "select_runs", "load_runs",
 ]
 
 #: Defaults chosen by measurement (benchmarks/allocation_agreement.py, demo setting): single
-#: seed networks agree no better than chance, however long they train; 16 networks of one
+#: supernets agree no better than chance, however long they train; 16 networks of one
 #: epoch each, averaged, agree at 0.34x / 0.19x / 0.28x chance by stage (``union``: 0.32x /
 #: 0.22x / 0.33x), and take about 4 minutes on 2 cores, two at a time.
 DEFAULT_REPEATS = 16
-#: Each seed network trains for the fewest whole epochs that show it this many images (one
+#: Each supernet trains for the fewest whole epochs that show it this many images (one
 #: epoch of the demo's 8,000; longer schedules did not make the rankings agree more).
-SEED_IMAGES = 8000
+SUPERNET_IMAGES = 8000
 
 
-def seed_structure(
+def supernet_structure(
     layers: Sequence[int],
     *,
-    seed_width: int | Sequence[int] | None = None,
+    supernet_width: int | Sequence[int] | None = None,
     scales: Sequence[int] = (1, 2, 4, 7),
     stem: str = "imagenet",
     width: int = 64,
     image_size: int = 224,
 ) -> Structure:
-    """The abundant seed: C neurons for every scale of every block (default C = the block's planes)."""
+    """The abundant supernet: C neurons for every scale of every block (default C = the block's planes)."""
     planes = [width * 2**i for i in range(len(layers))]
-    per_stage = planes if seed_width is None else seed_width
+    per_stage = planes if supernet_width is None else supernet_width
     if isinstance(per_stage, int) and per_stage < 1 or not isinstance(per_stage, int) and min(per_stage) < 1:
-        raise ValueError(f"--seed-width must be a positive number of neurons per scale, got {seed_width}")
-    seed = Structure.uniform(layers, per_stage, scales=tuple(scales), stem=stem, width=width, image_size=image_size,
-                             name="seed")
-    sides = seed.stage_sides()
-    unused = [s for s in seed.scales if all(side // s < 1 for side in sides)]
+        raise SettingError(f"{{supernet_width}} must be a positive number of neurons per scale, got {supernet_width}",
+                           "supernet_width")
+    supernet = Structure.uniform(layers, per_stage, scales=tuple(scales), stem=stem, width=width, image_size=image_size,
+                             name="supernet")
+    sides = supernet.stage_sides()
+    unused = [s for s in supernet.scales if all(side // s < 1 for side in sides)]
     if unused:
-        raise ValueError(
-            f"scales {','.join(map(str, unused))} do not fit any feature map (largest side {max(sides)} at "
-            f"image size {image_size}); choose smaller --scales"
+        raise SettingError(
+            f"{{scales}} {','.join(map(str, unused))} do not fit any feature map (largest side {max(sides)} at "
+            f"{{image_size}} {image_size}); choose smaller {{scales}}", "scales", "image_size"
         )
-    return seed
+    return supernet
 
 
-def seed_epochs(train_images: int) -> int:
-    """The default seed schedule: the fewest whole epochs that show a seed network
-    :data:`SEED_IMAGES` images."""
-    return max(1, -(-SEED_IMAGES // max(1, train_images)))
+def supernet_epochs(train_images: int) -> int:
+    """The default supernet schedule: the fewest whole epochs that show a supernet
+    :data:`SUPERNET_IMAGES` images."""
+    return max(1, -(-SUPERNET_IMAGES // max(1, train_images)))
 
 
-def seed_for(image_size: int, *, layers: Sequence[int] | None = None, width: int | None = None,
+def supernet_for(image_size: int, *, layers: Sequence[int] | None = None, width: int | None = None,
              stem: str | None = None, scales: Sequence[int] = (1, 2, 4, 7),
-             seed_width: int | Sequence[int] | None = None) -> Structure:
-    """The seed network :func:`allocate` trains for data of ``image_size``: the given layout, the
+             supernet_width: int | Sequence[int] | None = None) -> Structure:
+    """The supernet :func:`allocate` trains for data of ``image_size``: the given layout, the
     rest by image size (:func:`default_layout`)."""
     layout = default_layout(image_size)
-    return seed_structure(tuple(layers or layout["layers"]), seed_width=seed_width, scales=scales,
+    return supernet_structure(tuple(layers or layout["layers"]), supernet_width=supernet_width, scales=scales,
                           stem=stem or layout["stem"], width=width or layout["width"], image_size=image_size)
 
 
@@ -100,14 +103,14 @@ def default_layout(image_size: int) -> dict[str, Any]:
 class AllocationResult:
     structure: Structure
     scores: list[BlockScores]  # the combined ranking (the one run's scores when repeats=1)
-    seed: Structure
-    training: SeedSettings
+    supernet: Structure
+    training: SupernetSettings
     selection: Selection
     budget: Budget
     predicted: float  # the structure's total under the budget's cost model, in ``unit``
     unit: str = "MACs"
     kept: list[list[list[int]]] = field(default_factory=list)  # per block, per scale: kept (combined) neuron indices
-    runs: list[SeedRun] = field(default_factory=list)
+    runs: list[SupernetRun] = field(default_factory=list)
     agreement: dict[str, Any] = field(default_factory=dict)  # scalenet.agreement.agreement_report of the runs
 
     @property
@@ -117,21 +120,22 @@ class AllocationResult:
                 "predicted": self.predicted, "predicted_unit": self.unit}
 
     @property
-    def seed_metrics(self) -> list[dict[str, Any]]:
+    def supernet_metrics(self) -> list[dict[str, Any]]:
         return self.runs[0].metrics if self.runs else []
 
     def sidecar(self) -> dict[str, Any]:
         return {
+            "version": SIDECAR_VERSION,
             "settings": self.settings,
-            "seed": self.seed.to_json(),
+            "supernet": self.supernet.to_json(),
             "macs": self.structure.macs(num_classes=self.training.num_classes, in_chans=self.training.in_chans),
             "agreement": self.agreement,
             "blocks": [
-                {"block": spec.name, "scales": list(self.seed.scales), "channels": list(row[:-1]),
-                 "costs": self.seed.neuron_macs(spec),
+                {"block": spec.name, "scales": list(self.supernet.scales), "channels": list(row[:-1]),
+                 "costs": self.supernet.neuron_macs(spec),
                  # the combined ranking and the kept indices in it (a union of runs, or the one run)
                  "scores": self.scores[b].scores if self.scores else None, "kept": self.kept[b] if self.kept else None}
-                for b, (spec, row) in enumerate(zip(self.seed.blocks(), self.structure.rows))
+                for b, (spec, row) in enumerate(zip(self.supernet.blocks(), self.structure.rows))
             ],
             "runs": [
                 {"seed": r.seed, "rows": [list(row) for row in r.structure.rows], "metrics": r.metrics,
@@ -162,38 +166,43 @@ class AllocationResult:
         return {"structure": path, "sidecar": sidecar, "chart": chart}
 
 
-def load_runs(path: str | os.PathLike) -> tuple[list[SeedRun], Structure, SeedSettings]:
-    """The seed networks' scores, the seed and the training settings from a sidecar
+def load_runs(path: str | os.PathLike) -> tuple[list[SupernetRun], Structure, SupernetSettings]:
+    """The supernets' scores, the supernet and the training settings from a sidecar
     (``<structure>.scores.json`` written by :meth:`AllocationResult.save`), to select again under
     another budget (:func:`select_runs`) without training."""
     p = Path(path)
     raw = read_json(p, "scores file", "the .scores.json that scalenet allocate wrote beside its structure")
     try:
-        seed = Structure.from_json(raw["seed"], source=f"{p} (seed)")
+        if "supernet" in raw:
+            supernet = Structure.from_json(raw["supernet"], source=f"{p} (supernet)")
+        else:  # format 1 named it "seed"
+            supernet = Structure.from_json(raw["seed"], source=f"{p} (supernet)")
+            supernet = replace(supernet, name="supernet" if supernet.name == "seed" else supernet.name)
         costs = [b["costs"] for b in raw["blocks"]]
         names = [b["block"] for b in raw["blocks"]]
-        runs = [SeedRun(seed=r["seed"], scores=[BlockScores(n, sc, c) for n, sc, c in zip(names, r["scores"], costs)],
-                        structure=seed, metrics=r.get("metrics", [])) for r in raw["runs"]]
+        runs = [SupernetRun(seed=r["seed"],
+                            scores=[BlockScores(n, sc, c) for n, sc, c in zip(names, r["scores"], costs)],
+                            structure=supernet, metrics=r.get("metrics", [])) for r in raw["runs"]]
         settings = dict(raw["settings"])
-        training = SeedSettings.from_json(settings)
+        training = SupernetSettings.from_json(settings)
     except (KeyError, TypeError) as e:
         raise ValueError(f"{p}: not a scores file of scalenet allocate (missing or malformed {e})") from None
-    if not runs or any(len(r.scores) != len(list(seed.blocks())) for r in runs):
-        raise ValueError(f"{p}: the scores do not match the seed's {len(list(seed.blocks()))} blocks")
+    if not runs or any(len(r.scores) != len(list(supernet.blocks())) for r in runs):
+        raise ValueError(f"{p}: the scores do not match the supernet's {len(list(supernet.blocks()))} blocks")
     # sidecars written before latency budgets kept the importance's alpha as "alpha"; before
     # alpha moved to the selection, scores were stored divided by MACs^importance_alpha
     weighted = settings.get("importance_alpha", settings.get("alpha", 0.0)) or 0.0
     if weighted:
         runs = [replace(r, scores=unweigh(r.scores, weighted, training.normalizer)) for r in runs]
-    return runs, seed, replace(training, importance_alpha=0.0)
+    return runs, supernet, replace(training, importance_alpha=0.0)
 
 
-def _check_before_training(data, seed: Structure, budget: Budget, selection: Selection,
+def _check_before_training(data, supernet: Structure, budget: Budget, selection: Selection,
                            importance: Importance | None) -> None:
-    """Refuses, before any training, a budget no selection from ``seed`` meets, a rounding the
-    seed cannot offer, and an importance that weighs its scores itself."""
-    budget.bind(seed, data.num_classes, data.in_chans).check()
-    selection.check(seed)
+    """Refuses, before any training, a budget no selection from ``supernet`` meets, a rounding the
+    supernet cannot offer, and an importance that weighs its scores itself."""
+    budget.bind(supernet, data.num_classes, data.in_chans).check()
+    selection.check(supernet)
     if getattr(importance, "alpha", 0):
         raise ValueError("scores are stored unweighted and weighed by each neuron's cost at selection; give the "
                          "importance alpha=0 and pass alpha in the Selection")
@@ -201,7 +210,7 @@ def _check_before_training(data, seed: Structure, budget: Budget, selection: Sel
 
 def _check_repeats(repeats: int, jobs: int | None) -> None:
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"--repeats must be a whole number of seed networks, 1 or more; got {repeats}")
+        raise SettingError(f"{{repeats}} must be a whole number of supernets, 1 or more; got {repeats}", "repeats")
     check_jobs(jobs)
 
 
@@ -214,7 +223,7 @@ def allocate(
     width: int | None = None,
     stem: str | None = None,
     scales: Sequence[int] = (1, 2, 4, 7),
-    seed_width: int | Sequence[int] | None = None,
+    supernet_width: int | Sequence[int] | None = None,
     importance: Importance | None = None,
     sparsity: float = 0.0,
     repeats: int = DEFAULT_REPEATS,
@@ -224,101 +233,106 @@ def allocate(
     resume: bool = False,
     name: str | None = None,
 ) -> AllocationResult | None:
-    """Trains ``repeats`` seed networks on ``data`` (a :class:`~scalenet.data.DataSpec`), seeds
+    """Trains ``repeats`` supernets on ``data`` (a :class:`~scalenet.data.DataSpec`), seeds
     ``s`` to ``s + repeats - 1`` (``s``: the training config's seed), ``jobs`` of them at a time
     (:func:`scalenet.training.in_processes`; None: one per CPU core, or one per GPU with CUDA, each on
     a GPU of its own), and keeps
     neurons from their scores under ``budget`` (default ``WidthBudget(1.0)``) as ``selection``
     says (:func:`select_runs`).
 
-    Each seed network is an ordinary training run in ``runs/seed-NNNN`` (:mod:`.seeds`; None: a
+    Each supernet is an ordinary training run in ``runs/supernet-NNNN`` (:mod:`.supernets`; None: a
     temporary folder), scored from its checkpoint. ``resume`` continues the runs there: finished
     ones are scored, not retrained, the interrupted one continues from its newest checkpoint.
-    Under torchrun every seed network trains with DDP across all ranks, one after another; rank
+    Under torchrun every supernet trains with DDP across all ranks, one after another; rank
     0 selects and returns the result, the other ranks return None.
 
-    The seed's layout is ``layers``, ``width`` and ``stem`` (default by image size,
-    :func:`default_layout`), with ``seed_width`` neurons per scale; ``sparsity`` adds a
+    The supernet's layout is ``layers``, ``width`` and ``stem`` (default by image size,
+    :func:`default_layout`), with ``supernet_width`` neurons per scale; ``sparsity`` adds a
     :class:`BNScaleL1` penalty. Bad settings fail before any training.
     """
     _check_repeats(repeats, jobs)
-    seed = seed_for(data.image_size, layers=layers, width=width, stem=stem, scales=scales, seed_width=seed_width)
-    layers = seed.layers
-    budget = (budget or WidthBudget(1.0)).resolved(seed, progress=train_config is None or train_config.progress)
-    _check_before_training(data, seed, budget, selection, importance)
+    supernet = supernet_for(data.image_size, layers=layers, width=width, stem=stem, scales=scales,
+                            supernet_width=supernet_width)
+    layers = supernet.layers
+    budget = (budget or WidthBudget(1.0)).resolved(supernet, progress=train_config is None or train_config.progress)
+    _check_before_training(data, supernet, budget, selection, importance)
     importance = importance or BNScale(0.0)
-    cfg = train_config or TrainConfig(epochs=seed_epochs(len(data.train)))
+    cfg = train_config or TrainConfig(epochs=supernet_epochs(len(data.train)))
     jobs = _jobs(jobs, repeats, runs)
-    training = SeedSettings(
+    training = SupernetSettings(
         data=data.name, image_size=data.image_size, num_classes=data.num_classes, in_chans=data.in_chans,
-        layers=layers, scales=tuple(seed.scales),
-        seed_width=tuple(seed_width) if isinstance(seed_width, (list, tuple)) else seed_width,
+        layers=layers, scales=tuple(supernet.scales),
+        supernet_width=tuple(supernet_width) if isinstance(supernet_width, (list, tuple)) else supernet_width,
         importance=type(importance).__name__, normalizer=getattr(importance, "normalizer", None),
-        importance_alpha=getattr(importance, "alpha", None), sparsity=sparsity, seed_epochs=cfg.epochs, seed=cfg.seed,
+        importance_alpha=getattr(importance, "alpha", None), sparsity=sparsity, supernet_epochs=cfg.epochs,
+        seed=cfg.seed,
         repeats=repeats,
     )
-    scored = _train_and_score(seed, data, cfg, training, importance, jobs, runs, resume)
+    scored = _train_and_score(supernet, data, cfg, training, importance, jobs, runs, resume)
     if scored is None:  # a rank other than 0 under torchrun
         return None
-    return select_runs(scored, seed, budget, training, selection, name=name)
+    return select_runs(scored, supernet, budget, training, selection, name=name)
 
 
-def _train_and_score(seed: Structure, data, cfg, training: SeedSettings, importance: Importance, jobs: int, runs,
-                     resume: bool) -> list[SeedRun] | None:
-    """Trains the seed networks in ``runs`` (None: a temporary folder), ``jobs`` at a time, and
+def _train_and_score(supernet: Structure, data, cfg, training: SupernetSettings, importance: Importance, jobs: int,
+                     runs, resume: bool) -> list[SupernetRun] | None:
+    """Trains the supernets in ``runs`` (None: a temporary folder), ``jobs`` at a time, and
     scores them from their checkpoints (None on ranks other than 0)."""
     repeats = training.repeats
-    with tempfile.TemporaryDirectory(prefix="scalenet-seeds-") if runs is None else nullcontext(str(runs)) as folder:
-        dirs = seed_run_dirs(folder, repeats)
-        prepare_runs(Path(folder), _runs_record(training, cfg, seed, len(data.train)), repeats, resume,
+    with tempfile.TemporaryDirectory(prefix="scalenet-supernets-") if runs is None \
+            else nullcontext(str(runs)) as folder:
+        dirs = supernet_run_dirs(folder, repeats)
+        prepare_runs(Path(folder), _runs_record(training, cfg, supernet, len(data.train)), repeats, resume,
                      write=is_main_process())
         payloads = [
-            dict(seed=seed, data=data, sparsity=training.sparsity, run_dir=str(d), resume="auto" if resume else False,
+            dict(supernet=supernet, data=data, sparsity=training.sparsity, run_dir=str(d),
+                 resume="auto" if resume else False,
                  cfg=dataclasses.replace(cfg, seed=cfg.seed + r, progress=cfg.progress and jobs == 1),
-                 label="seed" if repeats == 1 else f"seed {r + 1}/{repeats}")
+                 label="supernet" if repeats == 1 else f"supernet {r + 1}/{repeats}")
             for r, d in enumerate(dirs)
         ]
-        in_processes(_train_seed_network, payloads, jobs)
+        in_processes(_train_supernet, payloads, jobs)
         if not is_main_process():
             return None
-        return [score_run(d, seed, importance)[0] for d in dirs]
+        return [score_run(d, supernet, importance)[0] for d in dirs]
 
 
 def _jobs(jobs: int | None, repeats: int, runs) -> int:
-    """Seed networks trained at once: one under torchrun (each with DDP across the ranks, which
+    """Supernets trained at once: one under torchrun (each with DDP across the ranks, which
     need a shared runs folder), else ``jobs`` or one per CPU core (one per GPU with CUDA)."""
     if under_torchrun() and runs is None:
-        raise ValueError("under torchrun the seed networks train one after another with DDP across all ranks, in a "
+        raise ValueError("under torchrun the supernets train one after another with DDP across all ranks, in a "
                          "runs folder every rank reads: give runs= (scalenet allocate does)")
-    return jobs_for(jobs, repeats, "seed networks")
+    return jobs_for(jobs, repeats, "supernets")
 
 
-def _runs_record(training: SeedSettings, cfg, seed: Structure, train_images: int) -> dict[str, Any]:
-    """What a folder of seed runs depends on: the seed, its data and every training setting
+def _runs_record(training: SupernetSettings, cfg, supernet: Structure, train_images: int) -> dict[str, Any]:
+    """What a folder of supernet runs depends on: the supernet, its data and every training setting
     that changes the numbers (not progress bars, workers or checkpoint timing)."""
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k not in ("progress", "workers", "save_every", "tensorboard")}
-    return {**training.to_json(), "train_images": train_images, "seed_rows": [list(r) for r in seed.rows], **recipe}
+    return {**training.to_json(), "train_images": train_images, "supernet_rows": [list(r) for r in supernet.rows],
+            **recipe}
 
 
-def select_runs(runs: list[SeedRun], seed: Structure, budget: Budget, training: SeedSettings,
+def select_runs(runs: list[SupernetRun], supernet: Structure, budget: Budget, training: SupernetSettings,
                 selection: Selection = Selection(), *, name: str | None = None) -> AllocationResult:
-    """Selects under ``budget`` from trained seed networks' scores (each run's own allocation,
+    """Selects under ``budget`` from trained supernets' scores (each run's own allocation,
     then combined; ``training``: how they were trained, from :func:`allocate` or a sidecar) as
     ``selection`` says. ``alpha`` weighs the (unweighted) scores by each neuron's cost under the
     budget: MACs for width and MACs budgets, milliseconds for a latency budget
     (:func:`weigh_by_cost`)."""
     if training.importance_alpha:
         raise ValueError("select_runs needs unweighted scores (load_runs unweighs older sidecars' scores)")
-    bound = budget.bind(seed, training.num_classes, training.in_chans).check()
-    selection.check(seed)  # a bad --multiple-of fails before any selection
+    bound = budget.bind(supernet, training.num_classes, training.in_chans).check()
+    selection.check(supernet)  # a bad --multiple-of fails before any selection
     weighed = [weigh_by_cost(r.scores, bound, selection.alpha) for r in runs]  # the one meaning of alpha
     runs = [replace(r, structure=select(w, bound, scope=selection.scope)[0]) for r, w in zip(runs, weighed)]
-    structure, combined, kept = _combined(runs, weighed, seed, bound, selection)
-    return _result(structure, combined, kept, runs, seed, bound, training, selection, name)
+    structure, combined, kept = _combined(runs, weighed, supernet, bound, selection)
+    return _result(structure, combined, kept, runs, supernet, bound, training, selection, name)
 
 
-def _combined(runs: list[SeedRun], weighed: list[list[BlockScores]], seed: Structure, bound: BoundBudget,
+def _combined(runs: list[SupernetRun], weighed: list[list[BlockScores]], supernet: Structure, bound: BoundBudget,
               selection: Selection) -> tuple[Structure, list[BlockScores], list[list[list[int]]]]:
     """The runs combined as ``selection.combine`` says, then rounded to ``selection.multiple_of``."""
     if selection.combine == "union":
@@ -326,36 +340,37 @@ def _combined(runs: list[SeedRun], weighed: list[list[BlockScores]], seed: Struc
         structure, kept = select(combined, bound, scope=selection.scope)
     else:
         combined, kept = [], []
-        structure = combine_mean([r.structure for r in runs], seed, bound)
+        structure = combine_mean([r.structure for r in runs], supernet, bound)
         bound.verify(bound.of_structure(structure))
     if selection.multiple_of is not None:
-        structure = round_channels(structure, seed, selection.multiple_of, bound)
+        structure = round_channels(structure, supernet, selection.multiple_of, bound)
         if kept:  # the best neurons of each scale, as many as the rounded counts
-            kept = [[sorted([j for _, i, j in block.flat() if i == pos][: row[pos]]) for pos in range(len(seed.scales))]
+            kept = [[sorted([j for _, i, j in block.flat() if i == pos][: row[pos]])
+                     for pos in range(len(supernet.scales))]
                     for block, row in zip(combined, structure.rows)]
     return structure, combined, kept
 
 
-def _result(structure: Structure, combined: list[BlockScores], kept: list[list[list[int]]], runs: list[SeedRun],
-            seed: Structure, bound: BoundBudget, training: SeedSettings, selection: Selection,
+def _result(structure: Structure, combined: list[BlockScores], kept: list[list[list[int]]], runs: list[SupernetRun],
+            supernet: Structure, bound: BoundBudget, training: SupernetSettings, selection: Selection,
             name: str | None) -> AllocationResult:
     """The result, with the structure's meta (settings, MACs, parameters, agreement) filled in."""
     nc, ic = training.num_classes, training.in_chans
-    result = AllocationResult(structure, combined, seed, training, selection, bound.budget,
+    result = AllocationResult(structure, combined, supernet, training, selection, bound.budget,
                               bound.of_structure(structure), bound.unit, kept, runs,
-                              agreement_report([r.structure for r in runs], seed))
+                              agreement_report([r.structure for r in runs], supernet))
     meta = {
         "allocation": result.settings,
         "macs": structure.macs(None, nc, ic),
         "params": structure.params(nc, ic),
-        "seed_val_top1": statistics.mean(r.metrics[-1]["val_top1"] for r in runs) if runs[0].metrics else None,
+        "supernet_val_top1": statistics.mean(r.metrics[-1]["val_top1"] for r in runs) if runs[0].metrics else None,
         "agreement": {f"stage{s['stage']}": {k: s[k] for k in ("ratio", "z")} for s in result.agreement["stages"]},
     }
     result.structure = replace(structure, name=name, meta=meta)
     return result
 
 
-def _train_seed_network(p: dict[str, Any]) -> None:
-    """Trains one seed network in its run directory (in a worker process when several run at once)."""
-    train(p["seed"], p["data"], p["cfg"], p["run_dir"], resume=p["resume"], description=p["label"],
+def _train_supernet(p: dict[str, Any]) -> None:
+    """Trains one supernet in its run directory (in a worker process when several run at once)."""
+    train(p["supernet"], p["data"], p["cfg"], p["run_dir"], resume=p["resume"], description=p["label"],
           regularizer=BNScaleL1(p["sparsity"]) if p["sparsity"] else None)

@@ -1,26 +1,29 @@
 """Rounding an allocation's branches to a multiple of some neurons (hardware-friendly widths),
-within the seed's capacity and, under a target budget, within the budget."""
+within the supernet's capacity and, under a target budget, within the budget."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from ..errors import SettingError
 from ..structure import Structure
 from .budgets import BoundBudget
-from .select import like_seed
+from .select import like_supernet
 
 __all__ = ["multiple_pool", "round_channels", "round_to_total", "meet_budget"]
 
 
-def multiple_pool(seed: Structure, multiple: int) -> list[list[int]]:
-    """Per block and scale, the most neurons the seed offers in multiples of ``multiple``;
+def multiple_pool(supernet: Structure, multiple: int) -> list[list[int]]:
+    """Per block and scale, the most neurons the supernet offers in multiples of ``multiple``;
     refuses (one line) a ``multiple`` below 1 or one that leaves a block without any."""
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"--multiple-of must be a whole number of neurons, 1 or more; got {multiple}")
-    pool = [[c - c % multiple for c in row[:-1]] for row in seed.rows]
+        raise SettingError(f"{{multiple_of}} must be a whole number of neurons, 1 or more; got {multiple}",
+                           "multiple_of")
+    pool = [[c - c % multiple for c in row[:-1]] for row in supernet.rows]
     if any(not any(row) for row in pool):
-        raise ValueError(f"--multiple-of {multiple} is larger than the seed's neurons per scale "
-                         f"({min(max(row[:-1]) for row in seed.rows)}); lower it or raise --seed-width")
+        raise SettingError(f"{{multiple_of}} {multiple} is larger than the supernet's neurons per scale "
+                           f"({min(max(row[:-1]) for row in supernet.rows)}); lower it or raise {{supernet_width}}",
+                           "multiple_of", "supernet_width")
     return pool
 
 
@@ -34,16 +37,17 @@ def round_to_total(values: Sequence[float], total: int) -> list[int]:
     return floors
 
 
-def round_channels(structure: Structure, seed: Structure, multiple: int, bound: BoundBudget | None = None) -> Structure:
+def round_channels(structure: Structure, supernet: Structure, multiple: int,
+                   bound: BoundBudget | None = None) -> Structure:
     """Each branch's neuron count rounded to a multiple of ``multiple`` (a branch may round to 0;
-    every block keeps at least one branch), within the seed's capacity.
+    every block keeps at least one branch), within the supernet's capacity.
 
     Each block's total is rounded to the nearest multiple and split by largest remainders;
     under a target budget (``bound``: MACs, latency) the counts are then moved by ``multiple``
     neurons, the most over-rounded first while above the budget and the most under-rounded
     first while short of it, so that the budget still holds (the total may stay further below
     the target than the budget's tolerance when the steps are coarse)."""
-    pool = multiple_pool(seed, multiple)
+    pool = multiple_pool(supernet, multiple)
     wanted = [[c / multiple for c in row[:-1]] for row in structure.rows]
     units = []
     for w, cap in zip(wanted, pool):
@@ -55,7 +59,7 @@ def round_channels(structure: Structure, seed: Structure, multiple: int, bound: 
     if bound is not None:
         meet_budget(channels, [[v * multiple for v in w] for w in wanted], pool, multiple, bound)
         bound.verify(bound.of_channels(channels), lower=False)
-    return like_seed(seed, channels)
+    return like_supernet(supernet, channels)
 
 
 def meet_budget(channels: list[list[int]], wanted: list[list[float]], pool: list[list[int]], step: int,

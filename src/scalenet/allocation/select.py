@@ -1,4 +1,4 @@
-"""Selectors: which seed neurons to keep under a bound budget, and the weighing of scores by cost.
+"""Selectors: which supernet neurons to keep under a bound budget, and the weighing of scores by cost.
 
 - :func:`select_per_block` (the paper: the top neurons of each block);
 - :func:`select_global` (all blocks' neurons ranked together, network-slimming style, so the
@@ -14,18 +14,19 @@ import dataclasses
 import math
 from typing import Sequence
 
+from ..errors import SettingError
 from ..structure import Structure
 from .budgets import BoundBudget, WidthBudget, counts
 from .importance import BlockScores, Neuron
 
-__all__ = ["select_per_block", "select_global", "SELECTORS", "select", "check_alpha", "weigh_by_cost", "like_seed"]
+__all__ = ["select_per_block", "select_global", "SELECTORS", "select", "check_alpha", "weigh_by_cost", "like_supernet"]
 
 
 def _fill(ranked: list[list[Neuron]], chosen: list[list[Neuron]], bound: BoundBudget) -> list[list[Neuron]]:
     """Adds neurons one by one, best score first among each block's best that still fits, until
     the bound's target is reached (nothing to add without a target)."""
     rest = [r[len(c):] for r, c in zip(ranked, chosen)]
-    have = counts(chosen, len(bound.seed.scales))
+    have = counts(chosen, len(bound.supernet.scales))
     current = bound.total(chosen)
     while not bound.reached(current):  # whole-stage steps are coarse: fill neuron by neuron
         options = []
@@ -85,7 +86,7 @@ def select_global(ranked: list[list[Neuron]], planes: list[int], bound: BoundBud
             chosen[b].append(n)
         return chosen
     bound.check_first(bound.total(chosen))
-    have = counts(chosen, len(bound.seed.scales))
+    have = counts(chosen, len(bound.supernet.scales))
     current = bound.total(chosen)
     for _, b, n in rest:
         if bound.reached(current):
@@ -104,27 +105,29 @@ SELECTORS = {"block": select_per_block, "global": select_global}
 
 def select(scores: list[BlockScores], bound: BoundBudget, *, scope: str = "block") -> tuple[Structure, list[list[list[int]]]]:
     """Keeps neurons under the ``bound`` budget with the ``scope``'s selector and counts them per
-    scale. Returns the structure and, per block and scale, the indices of the kept seed neurons."""
+    scale. Returns the structure and, per block and scale, the indices of the kept supernet neurons."""
     if scope not in SELECTORS:
         raise ValueError(f"scope {scope!r} is unknown; use {' or '.join(SELECTORS)}")
-    seed = bound.check().seed
-    chosen = SELECTORS[scope]([b.flat() for b in scores], [s.planes for s in seed.blocks()], bound)
-    kept = [[sorted(j for _, i, j in ns if i == pos) for pos in range(len(seed.scales))] for ns in chosen]
-    structure = like_seed(seed, [[len(k) for k in per_scale] for per_scale in kept])
+    supernet = bound.check().supernet
+    chosen = SELECTORS[scope]([b.flat() for b in scores], [s.planes for s in supernet.blocks()], bound)
+    kept = [[sorted(j for _, i, j in ns if i == pos) for pos in range(len(supernet.scales))] for ns in chosen]
+    structure = like_supernet(supernet, [[len(k) for k in per_scale] for per_scale in kept])
     bound.verify(bound.of_structure(structure))
     return structure, kept
 
 
-def like_seed(seed: Structure, channels: Sequence[Sequence[int]]) -> Structure:
-    """A structure of the seed's layout with these neurons per block and scale."""
-    return Structure.from_channels([list(c) for c in channels], seed.layers, scales=seed.scales, stem=seed.stem,
-                                   width=seed.width, image_size=seed.image_size)
+def like_supernet(supernet: Structure, channels: Sequence[Sequence[int]]) -> Structure:
+    """A structure of the supernet's layout with these neurons per block and scale."""
+    return Structure.from_channels([list(c) for c in channels], supernet.layers, scales=supernet.scales,
+                                   stem=supernet.stem,
+                                   width=supernet.width, image_size=supernet.image_size)
 
 
 def check_alpha(alpha: float) -> float:
     """``alpha`` if it is a finite number, 0 or more; else one clear line."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"--alpha must be a finite number, 0 or more (0: the paper's ranking); got {alpha}")
+        raise SettingError(f"{{alpha}} must be a finite number, 0 or more (0: the paper's ranking); got {alpha}",
+                           "alpha")
     return float(alpha)
 
 

@@ -7,16 +7,17 @@ import dataclasses
 from pathlib import Path
 
 from ..agreement import format_agreement
-from ..allocation import (COMBINES, DEFAULT_COMBINE, DEFAULT_REPEATS, SEED_IMAGES, Selection, allocate, budget_from,
-                          runs_dir_for, seed_epochs, seed_for, select_runs)
-from ..allocation.workflow import check_outputs, latency_budget, require_seed_runs, train_result, trained_seeds
+from ..allocation import (COMBINES, DEFAULT_COMBINE, DEFAULT_REPEATS, SUPERNET_IMAGES, Selection, allocate, budget_from,
+                          runs_dir_for, supernet_epochs, supernet_for, select_runs)
+from ..allocation.workflow import check_outputs, latency_budget, require_supernet_runs, train_result, trained_supernets
 from ..demo import run_demo
 from ..fileio import check_output_file
 from ..report import format_stage_summary, format_study
 from ..study import ARMS, LATENCY_ARMS, STUDY_RECIPE, StudyConfig, run_study
 from ..training import TrainConfig, is_main_process, under_torchrun
-from .options import (Recorder, add_augment_argument, add_force, add_training_arguments, config_from, data_from, default, int_list, names,
-                      nonneg_float, positive_float, positive_int, refuse_given, resume, train_config)
+from .options import (Recorder, add_augment_argument, add_force, add_old_spelling, add_recipe_arguments,
+                      add_training_arguments, config_from, data_from, default, int_list, names, nonneg_float,
+                      positive_float, positive_int, refuse_given, resume, train_config)
 
 __all__ = ["COMMANDS"]
 
@@ -26,17 +27,20 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="DIR|fashion-mnist",
                    help="an ImageFolder directory or a built-in data set (required unless --scores)")
     p.add_argument("--scores", default=None, metavar="X.scores.json",
-                   help="select again from an earlier allocation's seed networks (its sidecar), without training")
+                   help="select again from an earlier allocation's supernets (its sidecar), without training")
     p.add_argument("--from-runs", nargs="+", default=None, metavar="RUN_DIR",
-                   help="score seed networks trained elsewhere (scalenet train --model seed.json) and select")
+                   help="score supernets trained elsewhere (scalenet train --model supernet.json) and select")
     p.add_argument("--out", default=None, metavar="structure.json",
-                   help="the structure file to write (with OUT.scores.json and the chart OUT.png beside it; the seed "
-                        "networks train in OUT.runs/seed-NNNN)")
-    p.add_argument("--write-seed", default=None, metavar="seed.json",
-                   help="only write the seed structure for --data and the layout (to train with scalenet train anywhere)")
+                   help="the structure file to write (with OUT.scores.json and the chart OUT.png beside it; the "
+                        "supernets train in OUT.runs/supernet-NNNN)")
+    write = p.add_argument("--write-supernet", default=None, metavar="supernet.json",
+                           help="only write the supernet structure for --data and the layout (to train with scalenet "
+                                "train anywhere)")
+    add_old_spelling(p, "--write-seed", write)
     add_force(p, "the structure, its scores file and its chart")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume, metavar="auto",
-                   help="continue the seed runs in OUT.runs: finished ones are scored, not retrained, the interrupted "
+                   help="continue the supernet runs in OUT.runs: finished ones are scored, not retrained, the "
+                        "interrupted "
                         "one continues from its newest checkpoint; as in train, '--resume' needs runs there and "
                         "'--resume auto' starts them when there are none (one command for the first start and every "
                         "restart)")
@@ -69,39 +73,42 @@ def add_allocate_arguments(p: argparse.ArgumentParser) -> None:
     lat.add_argument("--latency-batch-size", type=positive_int, default=16, help="default 16")
     lat.add_argument("--latency-image-size", type=positive_int, default=None, help="default: the data's")
     lat.add_argument("--latency-compile", action="store_true", help="latency of torch.compile'd networks")
-    seed = Recorder(p.add_argument_group("seed networks", "their layout and training (with --scores or --from-runs they "
-                                         "were trained already)"))
-    seed.add_argument("--layers", type=int_list, default=None, help="blocks per stage (default by image size)")
-    seed.add_argument("--width", type=positive_int, default=None, help="planes of stage 1 (default by image size)")
-    seed.add_argument("--scales", type=int_list, default=[1, 2, 4, 7], help="pooling factors (default 1,2,4,7)")
-    seed.add_argument("--seed-width", type=positive_int, default=None, help="seed neurons per scale (default: the block's planes)")
-    seed.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
-                      help=f"seed networks to train (seeds SEED to SEED+N-1) and combine (default {DEFAULT_REPEATS})")
-    seed.add_argument("--sparsity", type=nonneg_float, default=0.0,
-                      help="L1 weight on the SA-branch BN scales while the seed trains (default 0)")
-    seed.add_argument("--jobs", type=positive_int, default=None,
-                      help="seed networks trained at once: each with cores/jobs threads, or with CUDA each on a GPU of "
-                           "its own (default: one per CPU core, or one per GPU)")
-    seed.add_argument("--save-every", type=positive_float, default=None, metavar="MINUTES",
-                      help="also checkpoint inside an epoch after this many minutes (default 15)")
-    add_training_arguments(seed, epochs=f"the fewest that show each seed network {SEED_IMAGES:,} images")
-    p.set_defaults(seed_options=tuple(seed.dests), latency_options=tuple(lat.dests))
+    supernet = Recorder(p.add_argument_group("supernets", "their layout and training (with --scores or --from-runs "
+                                             "they were trained already)"))
+    supernet.add_argument("--layers", type=int_list, default=None, help="blocks per stage (default by image size)")
+    supernet.add_argument("--width", type=positive_int, default=None, help="planes of stage 1 (default by image size)")
+    supernet.add_argument("--scales", type=int_list, default=[1, 2, 4, 7], help="pooling factors (default 1,2,4,7)")
+    width = supernet.add_argument("--supernet-width", type=positive_int, default=None,
+                                  help="supernet neurons per scale (default: the block's planes)")
+    add_old_spelling(p, "--seed-width", width)
+    supernet.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                          help=f"supernets to train (seeds SEED to SEED+N-1) and combine (default {DEFAULT_REPEATS})")
+    supernet.add_argument("--sparsity", type=nonneg_float, default=0.0,
+                          help="L1 weight on the SA-branch BN scales while the supernet trains (default 0)")
+    supernet.add_argument("--jobs", type=positive_int, default=None,
+                          help="supernets trained at once: each with cores/jobs threads, or with CUDA each on a GPU of "
+                               "its own (default: one per CPU core, or one per GPU)")
+    supernet.add_argument("--save-every", type=positive_float, default=None, metavar="MINUTES",
+                          help="also checkpoint inside an epoch after this many minutes (default 15)")
+    add_training_arguments(supernet, epochs=f"the fewest that show each supernet {SUPERNET_IMAGES:,} images")
+    p.set_defaults(supernet_options=tuple(supernet.dests), latency_options=tuple(lat.dests))
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     sources = [k for k in ("data", "scores", "from_runs") if getattr(args, k) is not None]
     if len(sources) != 1:
-        raise ValueError("give --data DIR (train seed networks), --scores X.scores.json or --from-runs RUN_DIR... "
+        raise ValueError("give --data DIR (train supernets), --scores X.scores.json or --from-runs RUN_DIR... "
                          "(select from trained ones)")
-    if args.write_seed is not None:
-        return _write_seed(args)
+    if args.write_supernet is not None:
+        return _write_supernet(args)
     if args.out is None:
-        raise ValueError("give --out structure.json (or --write-seed seed.json to write the seed structure only)")
+        raise ValueError("give --out structure.json (or --write-supernet supernet.json to write the supernet "
+                         "structure only)")
     if args.data is None:
         if args.then_train:
             raise ValueError("--then-train needs --data (the data to train the result on)")
         source = "--scores" if args.scores is not None else "--from-runs"
-        refuse_given(args, [*args.seed_options, "resume"], f"with {source}, which selects from seed networks trained "
+        refuse_given(args, [*args.supernet_options, "resume"], f"with {source}, which selects from supernets trained "
                                                            "already (train anew with --data to change them)")
     if args.latency_ms is None:
         refuse_given(args, args.latency_options, "without --latency-ms (they say what a latency budget is predicted for)")
@@ -112,17 +119,18 @@ def cmd_allocate(args: argparse.Namespace) -> int:
                          "train --model OUT.json")
     out, run_dir = check_outputs(args.out, force=args.force, then_train=bool(args.then_train), run_dir=args.run_dir)
     if args.resume is True:
-        require_seed_runs(out, args.repeats)
+        require_supernet_runs(out, args.repeats)
     selection = Selection(scope=args.scope, alpha=args.alpha, combine=args.combine, multiple_of=args.multiple_of)
     if args.data is None:
-        runs, seed, training = trained_seeds(scores=args.scores, runs=args.from_runs)
-        budget = _budget(args, seed.image_size).resolved(seed, progress=not args.no_progress)
-        result = select_runs(runs, seed, budget, training, selection, name=out.stem)
+        runs, supernet, training = trained_supernets(scores=args.scores, runs=args.from_runs)
+        budget = _budget(args, supernet.image_size).resolved(supernet, progress=not args.no_progress)
+        result = select_runs(runs, supernet, budget, training, selection, name=out.stem)
     else:
         data = data_from(args, args.seed if args.seed is not None else 0)
-        cfg = train_config(args, epochs=seed_epochs(len(data.train)))
+        cfg = train_config(args, epochs=supernet_epochs(len(data.train)))
         result = allocate(data, _budget(args, data.image_size), selection, layers=args.layers, width=args.width,
-                          scales=args.scales, seed_width=args.seed_width, sparsity=args.sparsity, repeats=args.repeats,
+                          scales=args.scales, supernet_width=args.supernet_width, sparsity=args.sparsity,
+                          repeats=args.repeats,
                           jobs=args.jobs, train_config=cfg, runs=runs_dir_for(out), resume=bool(args.resume),
                           name=out.stem)
     if result is None:  # a rank other than 0 under torchrun: rank 0 selects and writes
@@ -144,20 +152,20 @@ def _budget(args: argparse.Namespace, image_size: int):
                           batch_size=args.latency_batch_size, compile=args.latency_compile)
 
 
-def _write_seed(args: argparse.Namespace) -> int:
-    """``allocate --write-seed seed.json``: the seed structure for the data and layout, nothing trained."""
+def _write_supernet(args: argparse.Namespace) -> int:
+    """``allocate --write-supernet supernet.json``: the supernet structure for the data and layout, nothing trained."""
     if args.data is None:
-        raise ValueError("--write-seed needs --data (the seed's image size and layout follow from it)")
+        raise ValueError("--write-supernet needs --data (the supernet's image size and layout follow from it)")
     refuse_given(args, ["out", "scores", "resume", "then_train", "run_dir", "width_mult", "macs", "latency_ms",
                         "multiple_of", "alpha", "scope", "combine", "repeats", "jobs", "sparsity", "bare"],
-                 "with --write-seed, which only writes the seed structure")
-    out = check_output_file(args.write_seed, "--write-seed", "seed.json", force=args.force)
+                 "with --write-supernet, which only writes the supernet structure")
+    out = check_output_file(args.write_supernet, "--write-supernet", "supernet.json", force=args.force)
     data = data_from(args, args.seed if args.seed is not None else 0)
-    seed = seed_for(data.image_size, layers=args.layers, width=args.width, scales=args.scales,
-                    seed_width=args.seed_width)
-    seed.save(out)
-    print(f"{out}: seed structure for {data.name} ({data.image_size} px, {data.num_classes} classes), "
-          f"{seed.macs(None, data.num_classes, data.in_chans):,} MACs; train it with scalenet train --model {out} "
+    supernet = supernet_for(data.image_size, layers=args.layers, width=args.width, scales=args.scales,
+                            supernet_width=args.supernet_width)
+    supernet.save(out)
+    print(f"{out}: supernet structure for {data.name} ({data.image_size} px, {data.num_classes} classes), "
+          f"{supernet.macs(None, data.num_classes, data.in_chans):,} MACs; train it with scalenet train --model {out} "
           f"--data {args.data} --seed S, then scalenet allocate --from-runs RUN_DIR... --out structure.json")
     return 0
 
@@ -169,8 +177,8 @@ def _report(result, paths: dict[str, Path], out: Path) -> None:
     print(format_agreement(result.agreement))
     predicted = f", predicted {result.predicted:,.1f} ms" if result.unit == "ms" else ""
     print(
-        f"{out}: {s.macs(None, nc, ic):,} MACs, {s.params(nc, ic):,} params{predicted} (seed network "
-        f"{result.seed.macs(None, nc, ic):,} MACs); scores in {paths['sidecar']}, chart in {paths['chart']}"
+        f"{out}: {s.macs(None, nc, ic):,} MACs, {s.params(nc, ic):,} params{predicted} (supernet "
+        f"{result.supernet.macs(None, nc, ic):,} MACs); scores in {paths['sidecar']}, chart in {paths['chart']}"
     )
 
 
@@ -189,19 +197,18 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int_list, default=None, help="blocks per stage (default by image size)")
     p.add_argument("--width", type=positive_int, default=None, help="planes of stage 1 (default by image size)")
     p.add_argument("--image-size", type=positive_int, default=None, help="default: from the data")
-    p.add_argument("--epochs", type=positive_int, default=None, help=f"training epochs of every run (default {d('epochs')})")
-    p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {d('batch_size')}")
-    p.add_argument("--lr", type=positive_float, default=None, help=f"default {d('lr')}")
-    p.add_argument("--wd", type=nonneg_float, default=None, help=f"default {d('wd')}")
-    p.add_argument("--warmup", type=nonneg_float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
+    add_recipe_arguments(p, STUDY_RECIPE, epochs=f"{STUDY_RECIPE.epochs}, for every run")
     add_augment_argument(p, STUDY_RECIPE.augment)
     p.add_argument("--train-subset", type=positive_int, default=None, help="train every run on a random subset of N images")
     p.add_argument("--val-subset", type=positive_int, default=None,
                    help=f"per-epoch validation images (default {d('val_subset')}; the final test uses all)")
-    p.add_argument("--repeats", type=positive_int, default=None, help="seed networks of the learned arm's allocation")
-    p.add_argument("--seed-epochs", type=positive_int, default=None,
-                   help="epochs of each seed network (default: as scalenet allocate, one per 8,000 images)")
-    p.add_argument("--seed-subset", type=positive_int, default=None, help=f"images for the seed networks (default {d('seed_subset')})")
+    p.add_argument("--repeats", type=positive_int, default=None, help="supernets of the learned arm's allocation")
+    epochs = p.add_argument("--supernet-epochs", type=positive_int, default=None,
+                            help="epochs of each supernet (default: as scalenet allocate, one per 8,000 images)")
+    add_old_spelling(p, "--seed-epochs", epochs)
+    subset = p.add_argument("--supernet-subset", type=positive_int, default=None,
+                            help=f"images for the supernets (default {d('supernet_subset')})")
+    add_old_spelling(p, "--seed-subset", subset)
     p.add_argument("--latency-model", default=None, metavar="MODEL.json",
                    help="match the arms in latency, predicted by this cost model (scalenet latency-model) and measured, "
                         "not in MACs")
@@ -250,7 +257,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "allocate": ("learn each block's neurons per scale from data (train a seed, rank |gamma|)", add_allocate_arguments,
+    "allocate": ("learn each block's neurons per scale from data (train a supernet, rank |gamma|)",
+                 add_allocate_arguments,
                  cmd_allocate),
     "study": ("is the allocation worth it? learned vs uniform, random, ResNet and a heuristic at matched MACs, "
               "over seeds", add_study_arguments, cmd_study),

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..detection import CocoDetection, DetectConfig, evaluate_checkpoint, format_coco_table, train_detector, \
+from ..detection import CocoDetection, DetectConfig, evaluate_detector_checkpoint, format_coco_table, train_detector, \
     validation_set
 from ..training import is_main_process
 from .options import add_fault_tolerance_arguments, add_force, config_from, default, fraction, int_list, nonneg_int, \
@@ -77,7 +77,7 @@ def add_detect_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_detect_eval(args: argparse.Namespace) -> int:
-    report = evaluate_checkpoint(
+    report = evaluate_detector_checkpoint(
         args.checkpoint, args.coco_json, args.images, save=args.save, detections=args.detections,
         score_thresh=args.score_thresh, batch_size=args.batch_size, workers=args.workers, force=args.force,
         progress=not args.no_progress and not args.json,

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..bench import check_results_free, format_table, run_bench, save_results
+from ..bench import check_results_free, format_bench_table, run_bench, save_results
 from ..devices import check_memory
 from ..export import export_checked, export_hub
 from ..factory import create_model, resolve_structure
@@ -206,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         models=args.models, progress=not args.json, cuda_graphs=args.cuda_graphs, precision=args.precision,
     )
     js, md = save_results(result, args.out_dir)
-    print(json.dumps(result) if args.json else f"{format_table(result)}\n\nwritten: {js}, {md}")
+    print(json.dumps(result) if args.json else f"{format_bench_table(result)}\n\nwritten: {js}, {md}")
     return 0
 
 

@@ -17,7 +17,8 @@ from ..training import DEFAULT_SAVE_EVERY, PREEMPTED_EXIT_CODE, PRESETS, TrainCo
 __all__ = [
     "Recorder", "int_list", "name_list", "names", "positive_int", "nonneg_int", "fraction", "positive_float", "nonneg_float",
     "default", "add_force", "option", "refuse_given", "resume", "config_from", "config_options",
-    "add_fault_tolerance_arguments", "add_training_arguments", "add_augment_argument", "train_config", "data_from",
+    "add_old_spelling", "add_fault_tolerance_arguments", "add_recipe_arguments", "add_training_arguments", "add_augment_argument",
+    "train_config", "data_from",
 ]
 
 
@@ -127,6 +128,13 @@ class Recorder:
         return action
 
 
+def add_old_spelling(target: Any, old: str, action: argparse.Action) -> None:
+    """``old``, the spelling before format 2 of ``action``'s option, as a hidden alias of it (same
+    destination and type; a note names the new spelling when it is used)."""
+    target.add_argument(old, action="old_spelling", dest=action.dest, type=action.type, metavar=action.metavar,
+                        new=action.option_strings[0])
+
+
 # ---------------------------------------------------------------------------- shared groups
 def add_fault_tolerance_arguments(p: argparse.ArgumentParser) -> None:
     """--resume [auto] and --save-every, shared by train and detect-train."""
@@ -140,17 +148,25 @@ def add_fault_tolerance_arguments(p: argparse.ArgumentParser) -> None:
                         f"step finishes, a checkpoint is written, exit code {PREEMPTED_EXIT_CODE}")
 
 
+def add_recipe_arguments(p: Any, recipe: TrainConfig, epochs: str | None = None) -> None:
+    """The schedule options every command that trains shares, their defaults (shown in the help)
+    from ``recipe``: train's and allocate's :class:`TrainConfig`, or a study's recipe. Each is None
+    unless given: the command's config keeps its own value."""
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"default {epochs or recipe.epochs}")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {recipe.batch_size}")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help=f"peak learning rate of the cosine schedule (default {recipe.lr})")
+    p.add_argument("--wd", type=nonneg_float, default=None, help=f"weight decay (default {recipe.wd})")
+    p.add_argument("--warmup", type=nonneg_float, default=None, help=f"epochs of linear warmup (default {recipe.warmup})")
+
+
 def add_training_arguments(p: Any, epochs: int | str | None = None) -> None:
     """The training options of train and allocate (None: the config's default, shown in the help)."""
     d = lambda name: default(TrainConfig, name)  # noqa: E731
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="the release's ImageNet recipe (120 epochs, cosine)")
-    p.add_argument("--epochs", type=positive_int, default=None, help=f"default {epochs or d('epochs')}")
+    add_recipe_arguments(p, TrainConfig(), None if epochs is None else str(epochs))
     p.add_argument("--image-size", type=positive_int, default=None, help="default: from the data")
-    p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {d('batch_size')}")
-    p.add_argument("--lr", type=positive_float, default=None, help=f"peak learning rate of the cosine schedule (default {d('lr')})")
-    p.add_argument("--wd", type=nonneg_float, default=None, help=f"weight decay (default {d('wd')})")
-    p.add_argument("--warmup", type=nonneg_float, default=None, help=f"epochs of linear warmup (default {d('warmup')})")
     p.add_argument("--label-smoothing", type=fraction, default=None, help=f"default {d('label_smoothing')}")
     p.add_argument("--no-bn-wd", action="store_true", help="no weight decay on BN parameters and biases")
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")

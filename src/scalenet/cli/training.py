@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..factory import resolve_structure
-from ..predict import format_table, image_paths, load_predictor
+from ..predict import format_predictions, image_paths, load_predictor
 from ..training import evaluate_checkpoint, is_main_process, train
 from .options import (add_fault_tolerance_arguments, add_training_arguments, data_from, int_list, nonneg_int,
                       positive_int, train_config)
@@ -83,7 +83,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if not r.get("skipped"):
                 print(json.dumps(r))
     else:
-        print(format_table(records))
+        print(format_predictions(records))
     if skipped:
         print(f"note: skipped {len(skipped)} unreadable or non-image file(s), e.g. {skipped[0]['path']}", file=sys.stderr)
     return 0

@@ -6,7 +6,8 @@
 """
 
 from .data import CocoDetection, detection_collate, detection_loader, read_coco_json, validation_set
-from .engine import DetectConfig, detector_from_checkpoint, evaluate_checkpoint, evaluate_detector, train_detector
+from .engine import DetectConfig, detector_from_checkpoint, evaluate_detector_checkpoint, evaluate_detector, \
+    train_detector
 from .evaluate import STAT_NAMES, coco_evaluate, format_coco_table
 from .model import fasterrcnn_scalenet_fpn, scalenet_fpn_backbone
 
@@ -21,7 +22,7 @@ __all__ = [
     "DetectConfig",
     "train_detector",
     "evaluate_detector",
-    "evaluate_checkpoint",
+    "evaluate_detector_checkpoint",
     "detector_from_checkpoint",
     "coco_evaluate",
     "format_coco_table",

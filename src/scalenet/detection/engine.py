@@ -22,6 +22,7 @@ from torch import nn
 from timm.utils import random_seed, unwrap_model
 
 from ..checkpoint import CheckpointError, read_state_dict
+from ..errors import SettingError
 from ..factory import resolve_structure
 from ..fileio import atomic_write_text, check_output_file
 from ..training import (
@@ -32,7 +33,8 @@ from .data import CocoDetection, detection_loader
 from .evaluate import coco_evaluate, predict
 from .model import fasterrcnn_scalenet_fpn
 
-__all__ = ["DetectConfig", "train_detector", "evaluate_detector", "evaluate_checkpoint", "detector_from_checkpoint"]
+__all__ = ["DetectConfig", "train_detector", "evaluate_detector", "evaluate_detector_checkpoint",
+           "detector_from_checkpoint"]
 
 CHECKPOINT_FORMAT = "scalenet-detect"
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
@@ -154,7 +156,7 @@ def category_mismatch(recorded: Mapping[str, str] | None, categories: Mapping[in
             f"{show(categories)} here")
 
 
-def evaluate_checkpoint(
+def evaluate_detector_checkpoint(
     checkpoint: str | os.PathLike, annotations: str | os.PathLike, images: str | os.PathLike, *,
     save: str | os.PathLike | None = None, detections: str | os.PathLike | None = None, score_thresh: float = 0.05,
     batch_size: int = 1, workers: int = 0, progress: bool = True, force: bool = True,
@@ -271,10 +273,9 @@ def train_detector(
     loader = detection_loader(dataset, cfg.batch_size, shuffle=True, workers=cfg.workers, seed=cfg.seed,
                               rank=d.rank, world_size=d.world_size)
     if len(loader) == 0:
-        raise ValueError(
+        raise SettingError(
             f"{dataset.annotation_file.name}: {len(dataset)} images make no full batch of {cfg.batch_size} "
-            f"on {d.world_size} process(es); lower --batch-size"
-        )
+            f"on {d.world_size} process(es); lower {{batch_size}}", "batch_size")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, len(loader)))

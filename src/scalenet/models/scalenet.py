@@ -24,7 +24,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, clean_state_dict, 
 from timm.models._features import feature_take_indices
 
 from ..compat import create_classifier
-from ..devices import available_memory, check_memory  # noqa: F401 (re-exported)
+from ..devices import check_memory
+from ..errors import SettingError
 from ..structure import STEMS, BlockSpec, Structure, published_names
 
 __all__ = [
@@ -328,7 +329,8 @@ class ScaleNet(nn.Module):
         """Fine-tuning: the stem and the first ``n`` stages get no gradients and keep their BN
         statistics (their BNs stay in eval mode while the model trains)."""
         if not 0 <= n <= len(self.stage_names):
-            raise ValueError(f"--freeze-stages must be between 0 and {len(self.stage_names)} (the stages), got {n}")
+            raise SettingError(f"{{freeze_stages}} must be between 0 and {len(self.stage_names)} (the stages), "
+                               f"got {n}", "freeze_stages")
         self.frozen_stages = n
         for m in self._frozen_modules():
             m.requires_grad_(False)

@@ -10,8 +10,8 @@ Arms (each a structure of the same layout, MACs within 1% of the learned allocat
 - ``resnet``: the plain bottleneck (one 3x3 conv, the single scale x1);
 - ``heuristic``: "fine early, coarse late": each stage's scale shares interpolated, by depth,
   from the published ScaleNet-50's stage shares;
-- ``latency`` (only with a latency model, not in the default set): the learned arm's seed
-  networks, selected again under a latency budget with scores per millisecond
+- ``latency`` (only with a latency model, not in the default set): the learned arm's
+  supernets, selected again under a latency budget with scores per millisecond
   (``latency_alpha``, see :func:`scalenet.allocation.weigh_by_cost`).
 
 With ``latency_model`` (a :class:`scalenet.latency.LatencyModel` file) the arms are matched in

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 import torch
 
 from ..allocation import (BlockScores, Budget, LatencyBudget, MacsBudget, Selection, WidthBudget, allocate, budget_from,
-                          default_layout, load_runs, seed_epochs, select, select_runs)
+                          default_layout, load_runs, supernet_epochs, select, select_runs)
 from ..data import build_data
+from ..errors import SettingError
 from ..report import stage_summary
 from ..structure import Structure
 from ..training import on_main_rank
@@ -68,14 +69,14 @@ def _random(pool: Structure, random_seed: int) -> tuple[Structure, list[BlockSco
                               pool.neuron_macs(spec)) for spec in pool.blocks()]
 
 
-#: The arms with a fixed rule: (seed pool, random seed) -> the pool to select from and its
+#: The arms with a fixed rule: (supernet pool, random seed) -> the pool to select from and its
 #: neurons' scores, which any top-k selection under the budget then follows.
 RULES = {"uniform": _uniform, "random": _random, "resnet": _resnet, "heuristic": _heuristic}
 
 
 def arm_structure(arm: str, pool: Structure, target: "int | Budget", num_classes: int, in_chans: int,
                   random_seed: int = 0) -> Structure:
-    """A non-learned arm in ``pool``'s layout (a seed structure: abundant, uniform neurons per
+    """A non-learned arm in ``pool``'s layout (a supernet structure: abundant, uniform neurons per
     scale) with MACs within 1% of ``target`` (or under another budget, e.g. a
     :class:`LatencyBudget`): its neurons ranked by the arm's rule (:data:`RULES`) and kept per
     block under that budget, as the learned arm's are ranked by |gamma|."""
@@ -86,17 +87,18 @@ def arm_structure(arm: str, pool: Structure, target: "int | Budget", num_classes
     try:
         structure = select(scores, budget.bind(pool, num_classes, in_chans))[0]
     except ValueError as e:
+        why, named = (e.template, e.settings) if isinstance(e, SettingError) else (str(e), ())  # its settings too
         if isinstance(budget, LatencyBudget):  # the cost model was fitted on SA blocks, not on this arm's
             costs = budget.bind(pool, num_classes, in_chans).costs
-            inside = costs.lowest <= budget.ms <= costs.highest
-            reason = str(e) if inside else (f"the cost model predicts its pool at {costs.format(costs.lowest)} to "
+            inside = costs.lowest <= budget.latency_ms <= costs.highest
+            reason = why if inside else (f"the cost model predicts its pool at {costs.format(costs.lowest)} to "
                                             f"{costs.format(costs.highest)}")
-            raise ValueError(
+            raise SettingError(
                 f"the {arm} arm cannot match {budget.describe()} predicted within 1% ({reason}); a model fitted on SA "
                 "blocks may misjudge this arm's blocks (compare with scalenet latency-model --check): match the study "
-                "in MACs, or change --width") from None
-        raise ValueError(f"the {arm} arm cannot match {budget.describe()} within 1% ({e}); choose a larger budget or "
-                         "--width") from None
+                "in MACs, or change {width}", "width", *named) from None
+        raise SettingError(f"the {arm} arm cannot match {budget.describe()} within 1% ({why}); choose a larger budget "
+                           "or {width}", "width", *named) from None
     return dataclasses.replace(structure, name=arm if arm != "random" else f"random-{random_seed}")
 
 
@@ -109,11 +111,12 @@ def learned_structure(cfg: StudyConfig, out: Path) -> Structure:
     path = out / "structures" / "learned.json"
     if path.is_file():
         return Structure.load(path)
-    data = build_data(cfg.data, cfg.image_size, train_subset=cfg.seed_subset, val_subset=cfg.val_subset, seed=cfg.seed)
+    data = build_data(cfg.data, cfg.image_size, train_subset=cfg.supernet_subset, val_subset=cfg.val_subset,
+                      seed=cfg.seed)
     layout = study_layout(cfg, data.image_size)
     given = cfg.width_mult is not None or cfg.macs is not None
     budget = budget_from(cfg.width_mult, cfg.macs) if given else WidthBudget(1.0)
-    recipe = dataclasses.replace(cfg.train, epochs=cfg.seed_epochs or seed_epochs(len(data.train)))
+    recipe = dataclasses.replace(cfg.train, epochs=cfg.supernet_epochs or supernet_epochs(len(data.train)))
     result = allocate(data, budget, layers=layout["layers"], width=layout["width"], jobs=cfg.jobs, train_config=recipe,
                       runs=out / "structures" / "learned.runs", resume=True, name="learned",
                       **({} if cfg.repeats is None else {"repeats": cfg.repeats}))
@@ -127,7 +130,7 @@ def learned_structure(cfg: StudyConfig, out: Path) -> Structure:
 
 @dataclass
 class ArmContext:
-    """What every arm's builder may use: the study, the seed pool, the budget and the learned arm."""
+    """What every arm's builder may use: the study, the supernet pool, the budget and the learned arm."""
 
     cfg: StudyConfig
     out: Path
@@ -139,10 +142,10 @@ class ArmContext:
 
 
 def _latency_arm(a: ArmContext, random_seed: int) -> Structure:
-    """The learned arm's seed networks, selected again under the latency budget (scores per ms)."""
-    runs, seed, training = load_runs(a.out / "structures" / "learned.scores.json")
+    """The learned arm's supernets, selected again under the latency budget (scores per ms)."""
+    runs, supernet, training = load_runs(a.out / "structures" / "learned.scores.json")
     selection = Selection(alpha=latency_alpha(a.cfg.latency_alpha))
-    return select_runs(runs, seed, a.budget, training, selection, name="latency").structure
+    return select_runs(runs, supernet, a.budget, training, selection, name="latency").structure
 
 
 #: Every arm's builder, by name: (the study's arms context, the training seed) -> its structure.

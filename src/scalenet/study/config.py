@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..allocation.records import current_keys
+from ..errors import SettingError, mention
 from ..fileio import check_writable_dir
 from ..training import TrainConfig, check_jobs
 
@@ -68,14 +70,14 @@ class StudyConfig:
     layers: tuple[int, ...] | None = None
     width: int | None = None
     image_size: int | None = None
-    # every arm's recipe; its seed is the first training seed, and the allocation's seed networks start there too
+    # every arm's recipe; its seed is the first training seed, and the allocation's supernets start there too
     train: TrainConfig = field(default_factory=lambda: dataclasses.replace(STUDY_RECIPE))
     train_subset: int | None = None
     val_subset: int | None = 2000  # per-epoch validation; the final test uses the whole split
     # the learned arm's allocation
     repeats: int | None = None  # None: the library's default
-    seed_epochs: int | None = None  # None: the library's default (one epoch per 8,000 images)
-    seed_subset: int | None = 8000
+    supernet_epochs: int | None = None  # None: the library's default (one epoch per 8,000 images)
+    supernet_subset: int | None = 8000
     # matching in latency instead of MACs
     latency_model: str | None = None  # a cost model file (scalenet latency-model)
     latency_ms: float | None = None  # every arm's latency budget (default: the learned arm's prediction)
@@ -109,7 +111,7 @@ class StudyConfig:
     @classmethod
     def from_settings(cls, flat: dict[str, Any], **extra: Any) -> "StudyConfig":
         """The inverse of :meth:`settings` (``extra``: ``jobs``, ``progress``), e.g. in a worker process."""
-        values = {**flat, **extra}
+        values = {**current_keys(flat), **extra}
         recipe = {k: values.pop(k) for k in (*RECIPE_SETTINGS, "progress") if k in values}
         for key in ("arms", "layers"):
             if isinstance(values.get(key), list):
@@ -121,23 +123,26 @@ class StudyConfig:
         if unknown:
             raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS + LATENCY_ARMS)}")
         if self.latency_model is None and (self.latency_ms is not None or any(a in LATENCY_ARMS for a in self.arms)):
-            raise ValueError("the latency arm and --latency-ms need --latency-model (a cost model from scalenet "
-                             "latency-model)")
+            raise SettingError("the latency arm and {latency_ms} need {latency_model} (a cost model from scalenet "
+                               "latency-model)", "latency_ms", "latency_model")
         if self.latency_tolerance is not None and self.latency_model is None:
-            raise ValueError("--latency-tolerance applies to a study matched in latency; give --latency-model too")
+            raise SettingError("{latency_tolerance} applies to a study matched in latency; give {latency_model} too",
+                               "latency_tolerance", "latency_model")
         if self.latency_tolerance is not None and not 0 < self.latency_tolerance < 0.5:
-            raise ValueError(f"--latency-tolerance is a fraction of the target latency, above 0 and below 0.5 "
-                             f"(0.05 is 5%), got {self.latency_tolerance}")
+            raise SettingError(f"{{latency_tolerance}} is a fraction of the target latency, above 0 and below 0.5 "
+                               f"(0.05 is 5%), got {self.latency_tolerance}", "latency_tolerance")
         if self.latency_ms is None and self.latency_model is not None and "learned" not in self.arms:
-            raise ValueError("matching in latency needs the learned arm or --latency-ms")
+            raise SettingError("matching in latency needs the learned arm or {latency_ms}", "latency_ms")
         if "latency" in self.arms and "learned" not in self.arms:
-            raise ValueError("the latency arm selects from the learned arm's seed networks; add the learned arm")
+            raise ValueError("the latency arm selects from the learned arm's supernets; add the learned arm")
         if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"--arms must name each arm once, got {','.join(self.arms) or 'none'}")
+            raise SettingError(f"{{arms}} must name each arm once, got {','.join(self.arms) or 'none'}", "arms")
         if self.seeds < 2:
-            raise ValueError(f"--seeds must be at least 2 for an interval (mean ± std and a paired t-interval), got {self.seeds}")
+            raise SettingError(f"{{seeds}} must be at least 2 for an interval (mean ± std and a paired "
+                               "t-interval), got "
+                               f"{self.seeds}", "seeds")
         if self.width_mult is not None and self.macs is not None:
-            raise ValueError("give --width-mult or --macs, not both")
+            raise SettingError("give {width_mult} or {macs}, not both", "width_mult", "macs")
         check_jobs(self.jobs)
 
 
@@ -148,18 +153,18 @@ STUDY_FILES = frozenset({"settings.json", "structures", "results", "runs", "stud
 
 def prepare_directory(cfg: StudyConfig, out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; choose a directory")
+        raise SettingError(f"{{out}} {out} is a file; choose a directory", "out")
     check_writable_dir(out.parent if not out.exists() else out)
     foreign = sorted(p.name for p in out.iterdir() if p.name not in STUDY_FILES and not p.name.startswith(".")) if out.is_dir() else []
     if foreign:
-        raise ValueError(f"--out {out} holds files that are not a study's ({', '.join(foreign[:3])}"
-                         f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
+        raise SettingError(f"{{out}} {out} holds files that are not a study's ({', '.join(foreign[:3])}"
+                           f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory", "out")
     saved = out / "settings.json"
     if saved.is_file():
-        old = json.loads(saved.read_text())
+        old = current_keys(json.loads(saved.read_text()))  # a study of format 1 compares under its new keys
         differ = sorted(k for k in set(old) | set(cfg.settings()) if old.get(k) != cfg.settings().get(k))
         if differ:
-            raise ValueError(f"{out} holds a study with other settings ({', '.join(differ)}); resume it with the same "
-                             "settings or choose another --out")
+            raise SettingError(f"{out} holds a study with other settings ({', '.join(map(mention, differ))}); resume "
+                               "it with the same settings or choose another {out}", "out", *differ)
     (out / "structures").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(exist_ok=True)

@@ -1,7 +1,8 @@
 """A study matched in measured latency: every arm's budget calibrated until its measurement lands
 within the tolerance of the target (:func:`matched_in_latency`). Budgets are typed
 (:class:`LatencyBudget`, :class:`MacsBudget`); ``latency.json`` records them as
-``{"ms": predicted milliseconds}`` or ``{"macs": MACs}`` (None: the learned arm's own allocation)."""
+``{"latency_ms": predicted milliseconds}`` (``{"ms": ...}`` before format 2) or ``{"macs": MACs}``
+(None: the learned arm's own allocation)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allocation import Budget, LatencyBudget, MacsBudget
+from ..errors import SettingError
 from ..fileio import atomic_write_text
 from ..structure import Structure
 from ..latency import LatencyModel, current_settings, time_networks
@@ -39,7 +41,8 @@ def rebudgeted(a: ArmContext, arm: str, budget: Budget | None, structure: Struct
     MACs scaled instead: what the cost model lacks is then measured."""
     if budget is None or isinstance(budget, LatencyBudget):
         try:
-            ms = dataclasses.replace(a.budget, ms=(budget.ms if budget else a.budget.ms) * ratio)
+            ms = dataclasses.replace(a.budget,
+                                     latency_ms=(budget.latency_ms if budget else a.budget.latency_ms) * ratio)
             return ms, build_arm(a, arm, ms)
         except ValueError:
             if arm not in RULES or (structure is None and a.learned is None):
@@ -93,11 +96,12 @@ def _calibrate(a: ArmContext, path: Path) -> dict[str, Any]:
             break
         if len(rounds) > CALIBRATION_ROUNDS:
             worst = max(off, key=lambda arm: abs(measured[arm] / target - 1))
-            raise ValueError(
+            raise SettingError(
                 f"the {worst} arm measures {measured[worst]:.2f} ms after {CALIBRATION_ROUNDS} calibration rounds, "
                 f"{100 * (measured[worst] / target - 1):+.1f}% from the target {target:.2f} ms; the measurements may be "
-                f"too noisy here: raise --latency-tolerance (now {tolerance}) or measure the cost model at a larger batch "
-                "(scalenet latency-model --batch-size)")
+                f"too noisy here: raise {{latency_tolerance}} (now {tolerance}) or "
+                "measure the cost model at a larger batch "
+                "(scalenet latency-model --batch-size)", "latency_tolerance")
         for arm in off:
             try:
                 budgets[arm], arms[arm] = rebudgeted(a, arm, budgets[arm], timed[arm], target / measured[arm])
@@ -117,20 +121,22 @@ def describe_budget(budget: Budget | None) -> str:
     """An arm's budget in a study matched in latency, for tables and messages."""
     if budget is None:
         return "its own allocation"
-    return f"a predicted {budget.ms:.2f} ms" if isinstance(budget, LatencyBudget) else f"{budget.macs / 1e6:.2f} M MACs"
+    return f"a predicted {budget.latency_ms:.2f} ms" if isinstance(budget, LatencyBudget) \
+        else f"{budget.macs / 1e6:.2f} M MACs"
 
 
 def budget_record(budget: Budget | None) -> dict[str, float] | None:
-    """An arm's budget as ``latency.json`` records it."""
+    """An arm's budget as ``latency.json`` records it, under the budget's setting name."""
     if budget is None:
         return None
-    return {"ms": budget.ms} if isinstance(budget, LatencyBudget) else {"macs": budget.macs}
+    return {"latency_ms": budget.latency_ms} if isinstance(budget, LatencyBudget) else {"macs": budget.macs}
 
 
 def budget_from_record(a: ArmContext, record: dict[str, float] | None) -> Budget | None:
-    """The inverse of :func:`budget_record`: a predicted latency under the study's cost model, or MACs."""
+    """The inverse of :func:`budget_record`: a predicted latency under the study's cost model, or MACs
+    (studies before format 2 recorded a latency as ``ms``)."""
     if record is None:
         return None
-    if "ms" in record:
-        return dataclasses.replace(a.budget, ms=record["ms"])
+    if "latency_ms" in record or "ms" in record:
+        return dataclasses.replace(a.budget, latency_ms=record.get("latency_ms", record.get("ms")))
     return MacsBudget(int(record["macs"]), TOLERANCE)

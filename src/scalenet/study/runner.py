@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..allocation import MacsBudget, seed_structure
+from ..allocation import MacsBudget, supernet_structure
 from ..data import build_data
 from ..fileio import atomic_write_text
 from ..report import format_study, plot_study
@@ -31,7 +31,7 @@ def build_arms(cfg: StudyConfig, out: Path, num_classes: int, in_chans: int, ima
     measured latency, :func:`matched_in_latency`), cached in ``out/structures``. Raises one
     clear error when an arm cannot match."""
     layout = study_layout(cfg, image_size)
-    pool = seed_structure(layout["layers"], stem=layout["stem"], width=layout["width"], image_size=image_size)
+    pool = supernet_structure(layout["layers"], stem=layout["stem"], width=layout["width"], image_size=image_size)
     learned = learned_structure(cfg, out) if "learned" in cfg.arms else None
     macs = macs_target(cfg, pool, learned, num_classes, in_chans)
     by_latency = cfg.latency_model is not None

@@ -27,6 +27,7 @@ import torch
 
 from ..checkpoint import CheckpointError, read_state_dict, save_weights
 from ..data import first_difference, format_names
+from ..errors import SettingError
 from ..fileio import atomic_write, atomic_write_text
 from .distributed import DistContext
 
@@ -161,7 +162,7 @@ class RunDir:
         """Creates the directory and says whether the run resumes. ``resume=True``: it must hold a
         checkpoint; ``False``: it must not; ``"auto"``: resume when it holds one."""
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"output directory {self.path} is a file; choose another --out")
+            raise SettingError(f"output directory {self.path} is a file; choose another {{run_dir}}", "run_dir")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -185,18 +186,17 @@ class RunDir:
         """Refuses (one line) a directory a new run would overwrite: a file, a run's checkpoints,
         or epoch records that no checkpoint continues. Creates nothing."""
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"output directory {self.path} is a file; choose another --out")
+            raise SettingError(f"output directory {self.path} is a file; choose another {{run_dir}}", "run_dir")
         if self.has_checkpoint():
             newest = self.last.name if self.last.is_file() else self.step_files()[0][1].name
-            raise ValueError(
-                f"{self.path} already holds a run ({newest}); pass --resume (or --resume auto) to continue it or "
-                "choose another --out"
-            )
+            raise SettingError(
+                f"{self.path} already holds a run ({newest}); pass {{resume=True}} (or {{resume='auto'}}) "
+                "to continue it or "
+                "choose another {run_dir}", "resume", "run_dir")
         if self.metrics_file.is_file() and self.metrics_file.stat().st_size > 0:
-            raise ValueError(
+            raise SettingError(
                 f"{self.path} holds {self.metrics_file.name} with epoch records but no checkpoint to continue them; "
-                "choose another --out, or delete the folder to start over there"
-            )
+                "choose another {run_dir}, or delete the folder to start over there", "run_dir")
 
     def open(self, resume: bool | str, d: DistContext) -> bool:
         """:meth:`prepare` on rank 0, its answer (whether the run resumes) on every rank."""
@@ -346,7 +346,7 @@ class CheckpointSaver:
     def __init__(self, run: RunDir, d: DistContext, *, save_every: float | None = DEFAULT_SAVE_EVERY,
                  tensorboard: bool = False):
         if save_every is not None and not save_every > 0:
-            raise ValueError(f"--save-every must be a positive number of minutes, got {save_every}")
+            raise SettingError(f"{{save_every}} must be a positive number of minutes, got {save_every}", "save_every")
         self.run, self.d, self.save_every, self.tensorboard = run, d, save_every, tensorboard
         self._sigterm = _SigtermFlag(True)
         self._writer = None

@@ -26,6 +26,7 @@ from timm.utils import random_seed
 from ..checkpoint import CheckpointError, load_init, read_state_dict
 from ..compat import param_groups_weight_decay
 from ..data import BUILTIN, DataSpec, build_data, class_mismatch
+from ..errors import SettingError
 from ..factory import create_model, load_hub
 from ..hub import WEIGHTS, hub_folder, is_hub, read_hub_config
 from ..models.scalenet import checkpoint_filter_fn
@@ -319,8 +320,8 @@ def train(
     ``resume=True`` requires one, ``"auto"`` continues one if it is there (the same call then
     serves the first start and every restart).
 
-    Checkpoints, ``metrics.jsonl`` and TensorBoard logs go to ``run_dir`` (seed networks too:
-    :mod:`scalenet.allocation.seeds`).
+    Checkpoints, ``metrics.jsonl`` and TensorBoard logs go to ``run_dir`` (supernets too:
+    :mod:`scalenet.allocation.supernets`).
     ``regularizer(model)`` is added to every step's loss (e.g. :class:`scalenet.allocation.BNScaleL1`);
     ``on_epoch(model, record)`` runs after each epoch.
     """
@@ -341,10 +342,9 @@ def train(
     train_loader = data.loader("train", cfg.batch_size, augment=cfg.augment, **loader_kw)
     val_loader = data.loader("val", cfg.batch_size, **loader_kw)
     if len(train_loader) == 0:
-        raise ValueError(
+        raise SettingError(
             f"{data.name}: {len(data.train)} training images make no full batch of {cfg.batch_size} "
-            f"on {d.world_size} process(es); lower --batch-size"
-        )
+            f"on {d.world_size} process(es); lower {{batch_size}}", "batch_size")
     updater = _updater(model, cfg, len(train_loader), d.device)
     task = ClassificationTask(structure, data, cfg, val_loader, d, description or structure.name or "model")
     saver = CheckpointSaver(run, d, save_every=cfg.save_every, tensorboard=cfg.tensorboard)

@@ -1,4 +1,4 @@
-"""Worker processes for small trainings run side by side (seed networks, study runs): on a CPU,
+"""Worker processes for small trainings run side by side (supernets, study runs): on a CPU,
 several single-thread runs finish sooner than one after the other with all threads; on a
 machine with several GPUs, each worker process owns one GPU for its lifetime."""
 
@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..errors import SettingError
 from .distributed import under_torchrun
 
 __all__ = ["auto_jobs", "check_jobs", "gpu_slots", "in_processes", "jobs_for"]
@@ -40,8 +41,8 @@ def jobs_for(jobs: int | None, tasks: int, what: str) -> int:
     :func:`auto_jobs`."""
     if under_torchrun():
         if (jobs or 1) > 1:
-            raise ValueError(f"under torchrun the {what} train one after another, each with DDP across all ranks; "
-                             "drop --jobs")
+            raise SettingError(f"under torchrun the {what} train one after another, each with DDP across all ranks; "
+                             "drop {jobs}", "jobs")
         return 1
     return auto_jobs(tasks) if jobs is None else jobs
 
@@ -51,11 +52,12 @@ def check_jobs(jobs: int | None) -> None:
     if jobs is None:
         return
     if jobs < 1:
-        raise ValueError(f"--jobs must be 1 or more, got {jobs}")
+        raise SettingError(f"{{jobs}} must be 1 or more, got {jobs}", "jobs")
     gpus = gpu_slots()
     if gpus and jobs > len(gpus):
-        raise ValueError(f"--jobs {jobs}: this machine has {len(gpus)} GPU(s) (CUDA_VISIBLE_DEVICES {','.join(gpus)}) "
-                         f"and each training takes one; give --jobs {len(gpus)} or fewer (or torchrun for DDP)")
+        raise SettingError(f"{{jobs}} {jobs}: this machine has {len(gpus)} GPU(s) (CUDA_VISIBLE_DEVICES "
+                           f"{','.join(gpus)}) and each training takes one; give {{jobs}} {len(gpus)} or fewer "
+                           "(or torchrun for DDP)", "jobs")
 
 
 def _start_worker(threads: int, devices) -> None:
@@ -78,7 +80,7 @@ def in_processes(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 
     module-level function); ``on_result(i, result)`` is called as each finishes. ``jobs=1``
     runs in this process."""
     if jobs < 1:
-        raise ValueError(f"--jobs must be 1 or more, got {jobs}")
+        raise SettingError(f"{{jobs}} must be 1 or more, got {jobs}", "jobs")
     results: list[Any] = [None] * len(payloads)
     if jobs == 1 or len(payloads) <= 1:
         for i, p in enumerate(payloads):
@@ -94,8 +96,8 @@ def in_processes(fn: Callable[[Any], Any], payloads: Sequence[Any], jobs: int = 
     queue = None
     if devices:
         if jobs > len(devices):
-            raise ValueError(f"--jobs {jobs}: only {len(devices)} GPU(s) ({','.join(devices)}); give --jobs "
-                             f"{len(devices)} or fewer")
+            raise SettingError(f"{{jobs}} {jobs}: only {len(devices)} GPU(s) ({','.join(devices)}); give {{jobs}} "
+                             f"{len(devices)} or fewer", "jobs")
         queue = context.Queue()
         for device in devices[:jobs]:
             queue.put(device)
