@@ -10,7 +10,7 @@ recorded after each epoch. Then, from those runs alone:
 - **agreement of combined allocations**: many random pairs of *disjoint* groups of N runs;
   each group is combined (``union`` or ``mean``, see scalenet.allocation) and the two results'
   per-stage TV distance is divided by chance's (two random draws of as many neurons from the
-  seed's pool). This is what two ``scalenet allocate --repeats N`` runs with different seeds
+  supernet's pool). This is what two ``scalenet allocate --repeats N`` runs with different seeds
   would give. Reported: the mean ratio per stage and the share of pairs at most 0.5x chance;
 - **preference**: the z-score of the runs' mean allocation against the uniform split
   (scalenet.agreement).
@@ -86,13 +86,14 @@ def analyse(recipe: str, runs: list[dict], pairs: int) -> dict:
     from scalenet.agreement import Chance, agreement_report, block_counts, shares, stage_counts, tv
     from scalenet.allocation import BlockScores, WidthBudget, combine_mean, combine_union, supernet_structure, select
 
-    seed = supernet_structure(LAYERS, stem="small", width=WIDTH, image_size=28)
-    costs = [seed.neuron_macs(spec) for spec in seed.blocks()]
+    supernet = supernet_structure(LAYERS, stem="small", width=WIDTH, image_size=28)
+    costs = [supernet.neuron_macs(spec) for spec in supernet.blocks()]
     budget = WidthBudget(1.0)
-    final = [[BlockScores(spec.name, s, c) for spec, s, c in zip(seed.blocks(), r["epochs"][-1], costs)] for r in runs]
-    single = [select(f, budget.bind(seed, 10, 1))[0] for f in final]
+    final = [[BlockScores(spec.name, s, c) for spec, s, c in zip(supernet.blocks(), r["epochs"][-1], costs)]
+             for r in runs]
+    single = [select(f, budget.bind(supernet, 10, 1))[0] for f in final]
     kept = [sum(row[:-1]) for row in single[0].rows]
-    chance = Chance(seed, kept, draws=4000).stage_tv()
+    chance = Chance(supernet, kept, draws=4000).stage_tv()
     stability = []
     for e in range(1, len(runs[0]["epochs"])):
         rho = [_spearman(sum(r["epochs"][e - 1][b], []), sum(r["epochs"][e][b], [])) for r in runs for b in range(len(kept))]
@@ -100,8 +101,8 @@ def analyse(recipe: str, runs: list[dict], pairs: int) -> dict:
 
     def combined(group: list[int], how: str):
         if how == "union":
-            return select(combine_union([final[i] for i in group]), budget.bind(seed, 10, 1))[0]
-        return combine_mean([single[i] for i in group], seed)
+            return select(combine_union([final[i] for i in group]), budget.bind(supernet, 10, 1))[0]
+        return combine_mean([single[i] for i in group], supernet)
 
     rng = random.Random(0)
     agreement = {}
@@ -118,7 +119,7 @@ def analyse(recipe: str, runs: list[dict], pairs: int) -> dict:
             within = sum(all(v <= 0.5 for v in r) for r in ratios) / len(ratios)
             agreement[f"N={n} {how}"] = {"ratio_by_stage": per_stage, "pairs": len(ratios),
                                          "share_of_pairs_within_0.5x_in_every_stage": within}
-    report = agreement_report(single, seed, draws=4000)
+    report = agreement_report(single, supernet, draws=4000)
     return {
         "recipe": recipe, **RECIPES[recipe], "runs": len(runs),
         "seconds_per_run": statistics.mean(r["seconds"] for r in runs),

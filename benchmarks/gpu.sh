@@ -36,7 +36,7 @@ python -m scalenet allocate --data "$tmp/data" --out "$tmp/a.json" --layers 1,1 
 python - "$tmp/a.runs" <<'PY' | tee -a "$out/gpu-jobs.txt"
 import pathlib, sys
 from scalenet.checkpoint import read_state_dict
-for d in sorted(pathlib.Path(sys.argv[1]).glob("seed-*")):
+for d in sorted(pathlib.Path(sys.argv[1]).glob("supernet-*")):
     print(d.name, read_state_dict(d / "last.pt")["trained_on"])
 PY
 # the supernet of the ImageNet layout against ResNet-50 on the GPU: step time and batch-64 memory

@@ -2,7 +2,7 @@
 (``supernet_structure((3, 4, 6, 3), stem="imagenet", width=64, image_size=224)``, C = planes neurons
 per scale) against torchvision's ResNet-50, side by side in one process.
 
-- MACs and parameters (analytic for the seed, FlopCounterMode for ResNet-50);
+- MACs and parameters (analytic for the supernet, FlopCounterMode for ResNet-50);
 - the median training-step time (forward, backward, SGD; channels_last, fp32) over interleaved
   repeats, and its ratio to ResNet-50's;
 - the peak memory of two training steps above the built model (on CPU a fresh process each,
@@ -34,14 +34,14 @@ from scalenet.devices import check_memory, device_name, device_slug
 from scalenet.fileio import atomic_write_text
 from scalenet.timing import interleaved, summarize
 
-SEED = dict(layers=(3, 4, 6, 3), stem="imagenet", width=64, image_size=224)
+SUPERNET = dict(layers=(3, 4, 6, 3), stem="imagenet", width=64, image_size=224)
 IMAGENET_TRAIN = 1_281_167
 
 
-def seed_network(model=None):
+def supernet_network(model=None):
     """The ImageNet layout's supernet (``model`` is ignored: the memory child's variant hook)."""
-    return create_model(supernet_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"],
-                                       image_size=SEED["image_size"]))
+    return create_model(supernet_structure(SUPERNET["layers"], stem=SUPERNET["stem"], width=SUPERNET["width"],
+                                           image_size=SUPERNET["image_size"]))
 
 
 def _cuda_peak_mb(step, dev: torch.device) -> float:
@@ -69,13 +69,14 @@ def main() -> None:
         ap.error("--amp applies to --device cuda only (the CPU figures are fp32)")
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    seed = supernet_structure(SEED["layers"], stem=SEED["stem"], width=SEED["width"], image_size=SEED["image_size"])
-    check_memory(seed, device=dev)
-    models = {"resnet50": torchvision.models.resnet50(), "supernet": seed_network()}
+    supernet = supernet_structure(SUPERNET["layers"], stem=SUPERNET["stem"], width=SUPERNET["width"],
+                                  image_size=SUPERNET["image_size"])
+    check_memory(supernet, device=dev)
+    models = {"resnet50": torchvision.models.resnet50(), "supernet": supernet_network()}
     x = torch.randn(args.batch_size, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
     rows = {"resnet50": dict(zip(("macs", "params"), _count(models["resnet50"], 224))),
-            "supernet": {"macs": seed.macs(224), "params": seed.params()}}
+            "supernet": {"macs": supernet.macs(224), "params": supernet.params()}}
     # bench's training step (SGD, momentum 0.9), as scalenet bench --train times it
     steps = {k: _runner(m, dev, x, y, train=True, amp_dtype=torch.float16 if args.amp else None, compile=False,
                         cuda_graphs=False, freezing=False, channels_last=True) for k, m in models.items()}
@@ -85,7 +86,7 @@ def main() -> None:
     times = summarize(interleaved(steps, args.repeats, warmup=1, sync=lambda: _sync(dev),
                                   progress="training steps"), "resnet50")
     if dev.type == "cpu":
-        variant = f"{Path(__file__).resolve()}:seed_network"
+        variant = f"{Path(__file__).resolve()}:supernet_network"
         rows["resnet50"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224)
         rows["supernet"]["peak_step_memory_mb"] = peak_step_memory_mb("resnet50", args.batch_size, 224, variant)
     for k in rows:

@@ -171,7 +171,7 @@ def test_a_library_error_names_the_setting_and_the_cli_its_flag(tmp_path, capsys
     import pickle
 
     from scalenet.allocation import WidthBudget
-    from scalenet.errors import SettingError
+    from scalenet.errors import SettingError, within
 
     with pytest.raises(SettingError) as e:
         WidthBudget(0.0)
@@ -189,3 +189,8 @@ def test_a_library_error_names_the_setting_and_the_cli_its_flag(tmp_path, capsys
     assert spelled == "pass --resume auto or --resume; --scope global; other and {unmarked}"
     again = pickle.loads(pickle.dumps(e))
     assert type(again) is SettingError and again.render({"resume": "--resume", "scope": "--scope"}.get) == spelled
+    # an error wrapped in context keeps its marks; any other error becomes plain text after it
+    wrapped = within("the uniform arm: ", SettingError("raise {supernet_width}", "supernet_width"))
+    assert str(wrapped) == "the uniform arm: raise supernet_width"
+    assert wrapped.render({"supernet_width": "--supernet-width"}.get) == "the uniform arm: raise --supernet-width"
+    assert str(within("x: ", ValueError("{y} stays"))) == "x: {y} stays"

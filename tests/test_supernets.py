@@ -156,6 +156,23 @@ def test_a_folder_of_format_1_resumes_under_its_old_names(straight, folder, tmp_
     assert [r["scores"] for r in _sidecar(out)["runs"]] == [r["scores"] for r in _sidecar(straight)["runs"]]
 
 
+def test_run_folder_names_follow_the_format_that_started_the_folder(tmp_path, folder, capsys):
+    from scalenet.allocation import supernet_run_dirs
+
+    assert [d.name for d in supernet_run_dirs(tmp_path, 2)] == ["supernet-0000", "supernet-0001"]
+    (tmp_path / "seed-0001").mkdir()  # format 1, killed before its first run's folder existed
+    assert [d.name for d in supernet_run_dirs(tmp_path, 2)] == ["seed-0000", "seed-0001"]
+    (tmp_path / "supernet-0000").mkdir()
+    assert supernet_run_dirs(tmp_path, 1)[0].name == "supernet-0000"
+    # a file where a run's folder goes is refused before any training, naming the option that moves the runs
+    out = tmp_path / "f.json"
+    out.with_name("f.runs").mkdir()
+    out.with_name("f.runs").joinpath("supernet-0001").write_text("")
+    refused(capsys, ["allocate", "--data", folder, "--out", out, "--repeats", "2", *ALLOCATE],
+            "supernet-0001 is a file; the supernet runs there need a folder of that name (choose another --out)")
+    assert not list(out.with_name("f.runs").glob("supernet-0000"))
+
+
 def test_the_sidecar_of_format_2_names_the_supernet_and_the_budget_as_its_setting(straight):
     sidecar = _sidecar(straight)
     assert sidecar["version"] == 2 and "seed" not in sidecar

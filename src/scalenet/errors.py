@@ -11,13 +11,21 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-__all__ = ["SettingError", "SettingPathNotFound", "mention"]
+__all__ = ["SettingError", "SettingPathNotFound", "mention", "within"]
 
 
 def mention(name: str, value: object = None) -> str:
     """A marked mention of setting ``name`` (with ``value``) for a :class:`SettingError` message
     built at run time; in an f-string ``{{name}}`` writes the same."""
     return f"{{{name}}}" if value is None else f"{{{name}={value}}}"
+
+
+def within(context: str, error: Exception) -> "SettingError":
+    """``error``'s message after ``context`` (plain text), as a :class:`SettingError` that keeps
+    the marks of ``error`` when it has them: a wrapped error still names its settings."""
+    if isinstance(error, SettingError):
+        return SettingError(context + error.template, *error.settings)
+    return SettingError(context + str(error))
 
 
 class SettingError(ValueError):

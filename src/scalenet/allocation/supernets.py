@@ -32,7 +32,9 @@ def supernet_run_dirs(runs: str | os.PathLike, repeats: int) -> list[Path]:
     """The run directories of ``repeats`` supernets in ``runs``: ``supernet-NNNN``, or
     ``seed-NNNN`` in a folder that version 1 started (its runs keep their names when resumed)."""
     runs = Path(runs)
-    prefix = "seed" if (runs / "seed-0000").is_dir() and not (runs / "supernet-0000").is_dir() else "supernet"
+    old = any(p.is_dir() for p in runs.glob("seed-[0-9][0-9][0-9][0-9]"))
+    new = any(p.is_dir() for p in runs.glob("supernet-[0-9][0-9][0-9][0-9]"))
+    prefix = "seed" if old and not new else "supernet"
     return [runs / f"{prefix}-{r:04d}" for r in range(repeats)]
 
 
@@ -57,7 +59,12 @@ def prepare_runs(runs: Path, record: Mapping[str, Any], repeats: int, resume: bo
                      for k in differ]
             raise SettingError(f"{runs} holds supernet runs of other settings: {', '.join(shown)}; use the same "
                                "settings or another {out}", "out")
-    held = [d for d in supernet_run_dirs(runs, repeats) if RunDir(d, CHECKPOINT_FORMAT).has_checkpoint()]
+    dirs = supernet_run_dirs(runs, repeats)
+    files = [d for d in dirs if d.exists() and not d.is_dir()]
+    if files:  # refused here, naming the option that moves the runs (a run directory's own error cannot)
+        raise SettingError(f"{files[0]} is a file; the supernet runs there need a folder of that name (choose another "
+                           "{out})", "out")
+    held = [d for d in dirs if RunDir(d, CHECKPOINT_FORMAT).has_checkpoint()]
     if held and not resume:
         raise SettingError(f"{runs} already holds supernet runs ({held[0].name}); pass {{resume='auto'}} to continue "
                            "them, or choose another {out}", "resume", "out")

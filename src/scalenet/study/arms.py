@@ -87,7 +87,7 @@ def arm_structure(arm: str, pool: Structure, target: "int | Budget", num_classes
     try:
         structure = select(scores, budget.bind(pool, num_classes, in_chans))[0]
     except ValueError as e:
-        why, named = (e.template, e.settings) if isinstance(e, SettingError) else (str(e), ())  # its settings too
+        why, named = (e.template, e.settings) if isinstance(e, SettingError) else (str(e), ())  # its marks kept
         if isinstance(budget, LatencyBudget):  # the cost model was fitted on SA blocks, not on this arm's
             costs = budget.bind(pool, num_classes, in_chans).costs
             inside = costs.lowest <= budget.latency_ms <= costs.highest

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allocation import Budget, LatencyBudget, MacsBudget
-from ..errors import SettingError
+from ..errors import SettingError, within
 from ..fileio import atomic_write_text
 from ..structure import Structure
 from ..latency import LatencyModel, current_settings, time_networks
@@ -83,7 +83,7 @@ def _calibrate(a: ArmContext, path: Path) -> dict[str, Any]:
         try:
             budgets[arm], arms[arm] = rebudgeted(a, arm, None, None, 1.0)
         except ValueError as e:
-            raise ValueError(f"the {arm} arm cannot be matched in latency: {e}") from None
+            raise within(f"the {arm} arm cannot be matched in latency: ", e) from None
     rounds: list[dict[str, Any]] = []
     while True:
         timed = timed_structures({arm: arms[arm] for arm in cfg.arms})
@@ -106,8 +106,8 @@ def _calibrate(a: ArmContext, path: Path) -> dict[str, Any]:
             try:
                 budgets[arm], arms[arm] = rebudgeted(a, arm, budgets[arm], timed[arm], target / measured[arm])
             except ValueError as e:
-                raise ValueError(f"calibrating the {arm} arm to the measured target {target:.2f} ms (it measured "
-                                 f"{measured[arm]:.2f} ms under {describe_budget(budgets[arm])}): {e}") from None
+                raise within(f"calibrating the {arm} arm to the measured target {target:.2f} ms (it measured "
+                             f"{measured[arm]:.2f} ms under {describe_budget(budgets[arm])}): ", e) from None
     last = rounds[-1]
     record = {"target_ms": last["target_ms"], "tolerance": tolerance, "repeats": LATENCY_REPEATS,
               "settings": dataclasses.asdict(model.settings),
