@@ -118,8 +118,8 @@ def load_supernet_runs(paths: Sequence[str | os.PathLike],
     first, ckpt0 = score_run(paths[0], importance=importance)
     supernet = first.structure
     if any(len({c for c in r[:-1] if c}) != 1 for r in supernet.rows):  # scales too coarse for a map are 0
-        raise ValueError(f"{paths[0]} is a run of {_describe(supernet)} with unequal neurons per scale, not a supernet "
-                         "network; train the structure scalenet allocate --write-supernet writes")
+        raise ValueError(f"{paths[0]} is a run of {_describe(supernet)} with unequal neurons per scale, not a supernet; "
+                         "train the structure scalenet allocate --write-supernet writes")
     runs = [first]
     data0 = (ckpt0.get("data"), ckpt0.get("train_images"), ckpt0["num_classes"], ckpt0["image_size"])
     for path in paths[1:]:
